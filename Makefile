@@ -1,0 +1,56 @@
+# Every target sets itself up on a fresh machine: the first run creates .venv.
+# torch is installed first, pinned to 2.13.0 (a CPU wheel pip finds on the CI machines);
+# installing the project first would let pip pick a multi-GB CUDA build instead.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# ipywidgets 7.7 is what Colab ships; the widget tests also run against it, from a side directory
+# put in front of the 8.x install on PYTHONPATH.
+IPYW7 := $(VENV)/ipywidgets7
+IPYW7_STAMP := $(IPYW7)/.installed
+
+.PHONY: test test-unit test-widgets7 test-notebooks lab demo bench default-model clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(IPYW7_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --no-deps --upgrade --target $(IPYW7) \
+		'ipywidgets==7.7.5' 'widgetsnbextension==3.6.10' 'jupyterlab-widgets==1.1.11' 'ipython-genutils==0.2.0'
+	touch $@
+
+test: test-unit test-widgets7 test-notebooks
+
+test-unit: $(STAMP)
+	$(PY) -m pytest tests -q
+
+test-widgets7: $(IPYW7_STAMP)
+	@if [ -f tests/test_widgets.py ]; then \
+		PYTHONPATH=$(IPYW7) $(PY) -m pytest tests/test_widgets.py -q -p no:cacheprovider; \
+	else echo "no widget tests yet"; fi
+
+test-notebooks: $(STAMP)
+	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
+		$(PY) -m pytest --nbval notebooks --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -q -p no:cacheprovider; \
+	else echo "no notebooks yet"; fi
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --ip 127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root,) --notebook-dir notebooks $(if $(wildcard notebooks/01_quickstart.ipynb),01_quickstart.ipynb,)
+
+demo: $(STAMP)
+	$(PY) -m distill_nb generate --duration 10 --seed 1234 -o out/demo.wav
+
+bench: $(STAMP)
+	$(PY) bench/audio_bench.py
+	$(PY) bench/sampling_bench.py
+
+default-model: $(STAMP)
+	$(PY) -m distill_nb train-default
+
+clean:
+	rm -rf $(VENV) .pytest_cache out
