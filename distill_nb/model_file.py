@@ -1,0 +1,277 @@
+"""The single-file model format: VQ-VAE, prior and spectrogram settings in one safetensors file.
+
+Layout of a ``.distill`` file (a plain safetensors file, so loading never unpickles anything):
+
+    tensors   vqvae.<state_dict key>, prior.<state_dict key> (absent without a prior),
+              stats.train_code_counts (long [Q, K], optional)
+    metadata  format = "distill_nb.model", format_version = "1",
+              spectrogram_config, vqvae_config, prior_config (absent without a prior): JSON of to_dict(),
+              metadata: JSON of LoadedVQModel.metadata (name, training summary, dates, ...)
+
+Every way a file can fail to be a model raises ModelFileError naming the file and the cause.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import nn
+
+from distill_nb.audio import Spectrogram, SpectrogramConfig, _write_atomically
+from distill_nb.prior import CodePrior, PriorConfig
+from distill_nb.vqvae import ConvVQVAE, VQVAEConfig
+
+FORMAT_NAME = "distill_nb.model"
+FORMAT_VERSION = "1"
+DEFAULT_MODEL_PATH = Path(__file__).parent / "data" / "default.distill"
+
+# safetensors itself refuses headers above 100 MB; a model's header is a few kB.
+_MAX_HEADER_BYTES = 100_000_000
+_COUNTS_KEY = "stats.train_code_counts"
+
+
+class ModelFileError(Exception):
+    """A file that is not a valid distill_nb model; the message names the file and what is wrong."""
+
+
+@dataclass
+class LoadedVQModel:
+    """A VQ-VAE with its optional prior and the spectrogram it was trained on, ready to use.
+
+    Attributes:
+        model: the VQ-VAE (eval mode after load_model).
+        prior: the code prior, or None for a VQ-VAE alone.
+        spectrogram: mel analysis and Griffin-Lim inverse matching the VQ-VAE's input.
+        device: where model and prior live.
+        metadata: JSON-serialisable facts about the model (name, training summary, dates, ...).
+        train_code_counts: long [Q, codebook_size] histogram of the training codes, or None.
+    """
+
+    model: ConvVQVAE
+    prior: CodePrior | None
+    spectrogram: Spectrogram
+    device: torch.device
+    metadata: dict
+    train_code_counts: torch.Tensor | None = None
+
+    @property
+    def vqvae_config(self) -> VQVAEConfig:
+        return self.model.config
+
+    @property
+    def prior_config(self) -> PriorConfig | None:
+        return None if self.prior is None else self.prior.config
+
+    @property
+    def spectrogram_config(self) -> SpectrogramConfig:
+        return self.spectrogram.config
+
+    @property
+    def sample_rate(self) -> int:
+        """Hz."""
+        return self.spectrogram.config.sample_rate
+
+    @property
+    def chunk_samples(self) -> int:
+        """Samples per chunk (1 s)."""
+        return self.spectrogram.chunk_samples
+
+
+def _check_consistent(model: ConvVQVAE, prior: CodePrior | None, spectrogram: Spectrogram,
+                      counts: torch.Tensor | None) -> None:
+    """ValueError unless the parts fit together: mel bins, vocabulary, levels, sequence length."""
+    vq = model.config
+    if spectrogram.config.n_mels != vq.n_mels:
+        raise ValueError(f"spectrogram n_mels={spectrogram.config.n_mels} differs from the VQ-VAE's "
+                         f"n_mels={vq.n_mels}")
+    if prior is not None:
+        h, w = model.spatial_shape(spectrogram.get_mel_shape(spectrogram.chunk_samples)[1])
+        expected = {"codebook_size": vq.codebook_size, "num_quantizers": vq.num_quantizers,
+                    "seq_len": h * w * vq.num_quantizers}
+        for name, value in expected.items():
+            if getattr(prior.config, name) != value:
+                raise ValueError(f"prior {name}={getattr(prior.config, name)} does not fit the VQ-VAE "
+                                 f"(expected {value} for a {h} x {w} grid of {vq.num_quantizers} levels)")
+    if counts is not None:
+        shape = (vq.num_quantizers, vq.codebook_size)
+        if not isinstance(counts, torch.Tensor) or counts.dtype != torch.long or tuple(counts.shape) != shape:
+            raise ValueError(f"train_code_counts must be a torch.long tensor of shape {shape}, got "
+                             f"{getattr(counts, 'dtype', type(counts).__name__)} {tuple(getattr(counts, 'shape', ()))}")
+        if counts.numel() and int(counts.min()) < 0:
+            raise ValueError("train_code_counts must be >= 0")
+
+
+def _tensors(module: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    # Clones: safetensors refuses tensors that share memory, and wants them contiguous on the CPU.
+    return {prefix + key: value.detach().to("cpu", copy=True).contiguous()
+            for key, value in module.state_dict().items()}
+
+
+def _write_synced(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_model(loaded: LoadedVQModel, path: str | os.PathLike) -> Path:
+    """Write ``loaded`` to one safetensors file at ``path``, atomically.
+
+    The file goes to a temporary file in the same folder, is fsynced and renamed into place, so a crash
+    leaves either the previous file or the new one. ValueError if the parts do not fit together or
+    ``loaded.metadata`` is not JSON-serialisable (nothing is written then).
+
+    Returns:
+        ``path`` as a ``pathlib.Path``.
+    """
+    if not isinstance(loaded, LoadedVQModel):
+        raise TypeError(f"loaded must be a LoadedVQModel, got {type(loaded).__name__}")
+    path = Path(path)
+    _check_consistent(loaded.model, loaded.prior, loaded.spectrogram, loaded.train_code_counts)
+    if not isinstance(loaded.metadata, dict):
+        raise TypeError(f"metadata must be a dict, got {type(loaded.metadata).__name__}")
+    try:
+        metadata_json = json.dumps(loaded.metadata, allow_nan=False, sort_keys=True)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"metadata must be JSON-serialisable: {error}") from error
+
+    header = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "spectrogram_config": json.dumps(loaded.spectrogram_config.to_dict()),
+        "vqvae_config": json.dumps(loaded.vqvae_config.to_dict()),
+        "metadata": metadata_json,
+    }
+    tensors = _tensors(loaded.model, "vqvae.")
+    if loaded.prior is not None:
+        header["prior_config"] = json.dumps(loaded.prior_config.to_dict())
+        tensors.update(_tensors(loaded.prior, "prior."))
+    if loaded.train_code_counts is not None:
+        tensors[_COUNTS_KEY] = loaded.train_code_counts.detach().to("cpu", copy=True).contiguous()
+    data = safetensors.torch.save(tensors, metadata=header)
+    _write_atomically(path, lambda tmp: _write_synced(tmp, data))
+    return path
+
+
+def _check_header(path: Path) -> None:
+    """Reject what is not a safetensors file before the parser sees it: u64 header length + JSON."""
+    size = path.stat().st_size
+    if size < 8:
+        raise ModelFileError(f"{path}: not a safetensors file (only {size} bytes)")
+    with path.open("rb") as f:
+        header_length = int.from_bytes(f.read(8), "little")
+        if not 2 <= header_length <= min(size - 8, _MAX_HEADER_BYTES):
+            raise ModelFileError(f"{path}: not a safetensors file (its header length {header_length} does not "
+                                 f"fit the file size of {size} bytes)")
+        if f.read(1) != b"{":
+            raise ModelFileError(f"{path}: not a safetensors file (its header is not a JSON object)")
+
+
+def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Metadata and tensors of a safetensors file, on the CPU."""
+    _check_header(path)
+    try:
+        with safetensors.safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except (safetensors.SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise ModelFileError(f"{path}: not a valid safetensors file ({error})") from error
+    return metadata, tensors
+
+
+def _parse_config(path: Path, metadata: dict[str, str], key: str, cls: type) -> Any:
+    if key not in metadata:
+        raise ModelFileError(f"{path}: the metadata has no {key}")
+    try:
+        return cls.from_dict(json.loads(metadata[key]))
+    except (TypeError, ValueError) as error:
+        raise ModelFileError(f"{path}: invalid {key}: {error}") from error
+
+
+def _load_weights(path: Path, module: nn.Module, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy tensors[prefix + key] into module after checking names, shapes and dtypes."""
+    state = {}
+    for key, expected in module.state_dict().items():
+        name = prefix + key
+        if name not in tensors:
+            raise ModelFileError(f"{path}: missing tensor {name}")
+        found = tensors[name]
+        if found.shape != expected.shape or found.dtype != expected.dtype:
+            raise ModelFileError(f"{path}: tensor {name} has shape {tuple(found.shape)} and dtype {found.dtype}, "
+                                 f"expected shape {tuple(expected.shape)} and dtype {expected.dtype}")
+        state[key] = found
+    module.load_state_dict(state)
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedVQModel:
+    """Read a model file written by ``save_model``; model and prior in eval mode on ``device``.
+
+    Raises:
+        ModelFileError: the file is missing or is not a valid model (not safetensors, unknown format or
+            version, invalid configs, missing, unexpected or mis-shaped tensors, ...).
+    """
+    path = Path(path)
+    device = torch.device(device)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    metadata, tensors = _read(path)
+    if metadata.get("format") != FORMAT_NAME:
+        raise ModelFileError(f"{path}: unknown format {metadata.get('format')!r}, expected {FORMAT_NAME!r}")
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise ModelFileError(f"{path}: unsupported format_version {metadata.get('format_version')!r}, "
+                             f"this version of distill_nb reads {FORMAT_VERSION!r}")
+
+    spectrogram_config = _parse_config(path, metadata, "spectrogram_config", SpectrogramConfig)
+    vqvae_config = _parse_config(path, metadata, "vqvae_config", VQVAEConfig)
+    prior_config = (_parse_config(path, metadata, "prior_config", PriorConfig)
+                    if "prior_config" in metadata else None)
+    if "metadata" not in metadata:
+        raise ModelFileError(f"{path}: the metadata has no metadata entry")
+    try:
+        user_metadata = json.loads(metadata["metadata"])
+    except ValueError as error:
+        raise ModelFileError(f"{path}: invalid metadata JSON: {error}") from error
+    if not isinstance(user_metadata, dict):
+        raise ModelFileError(f"{path}: metadata must be a JSON object, got {type(user_metadata).__name__}")
+
+    # The weights are overwritten right away: keep their random init off the caller's global RNG.
+    with torch.random.fork_rng(devices=[]):
+        model = ConvVQVAE(vqvae_config)
+        prior = CodePrior(prior_config) if prior_config is not None else None
+    spectrogram = Spectrogram(spectrogram_config)
+
+    expected = {"vqvae." + key for key in model.state_dict()}
+    if prior is not None:
+        expected |= {"prior." + key for key in prior.state_dict()}
+    unexpected = sorted(set(tensors) - expected - {_COUNTS_KEY})
+    if unexpected:
+        raise ModelFileError(f"{path}: unexpected tensors {unexpected[:5]}"
+                             + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""))
+    _load_weights(path, model, "vqvae.", tensors)
+    if prior is not None:
+        _load_weights(path, prior, "prior.", tensors)
+    counts = tensors.get(_COUNTS_KEY)
+    try:
+        _check_consistent(model, prior, spectrogram, counts)
+    except ValueError as error:
+        raise ModelFileError(f"{path}: {error}") from error
+
+    model.to(device).eval()
+    if prior is not None:
+        prior.to(device).eval()
+    return LoadedVQModel(model=model, prior=prior, spectrogram=spectrogram, device=device,
+                         metadata=user_metadata, train_code_counts=counts)
+
+
+def load_default_model(device: str | torch.device = "cpu") -> LoadedVQModel:
+    """Load the model bundled at DEFAULT_MODEL_PATH; ModelFileError if it has not been produced yet."""
+    if not DEFAULT_MODEL_PATH.is_file():
+        raise ModelFileError(f"{DEFAULT_MODEL_PATH}: the default model file is missing; train a model and "
+                             f"save it there with save_model, or load another file with load_model(path)")
+    return load_model(DEFAULT_MODEL_PATH, device=device)
