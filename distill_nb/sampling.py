@@ -1,0 +1,281 @@
+"""Sampling code sequences from a CodePrior.
+
+`filter_logits` applies temperature, top-k, top-p and min-p with the semantics of the Hugging Face
+transformers logits warpers (see DESIGN.md, "Sampling semantics"). `sample_codes` samples a batch of
+sequences through the prior's KV cache; row b draws only from its own generator seeded seeds[b], with
+its uniforms drawn up front and turned into codes by inverse CDF, so a row's codes do not depend on
+the batch it was sampled in.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import secrets
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from distill_nb.prior import CodePrior
+
+# logits_at(codes [B, seq_len], i) -> float32 logits [B, codebook_size] of codes[:, i] given codes[:, :i]
+LogitsAt = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def _check_temperature(temperature: float, name: str = "temperature") -> None:
+    if not isinstance(temperature, numbers.Real) or isinstance(temperature, bool):
+        raise TypeError(f"{name} must be a finite float > 0, got {temperature!r}")
+    if not 0.0 < temperature < math.inf:
+        raise ValueError(f"{name} must be a finite float > 0, got {temperature}")
+
+
+def _check_filters(top_k: int, top_p: float, min_p: float) -> None:
+    if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool):
+        raise TypeError(f"top_k must be an int >= 0 (0 = off), got {top_k!r}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be an int >= 0 (0 = off), got {top_k}")
+    for name, value in (("top_p", top_p), ("min_p", min_p)):
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            raise TypeError(f"{name} must be a float in [0, 1] (0 = off), got {value!r}")
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be a float in [0, 1] (0 = off), got {value}")
+
+
+def _temperature_divisor(temperature: float | torch.Tensor, logits: torch.Tensor) -> float | torch.Tensor:
+    """A float, or a per-row tensor [B] / [B, 1] reshaped to broadcast over logits [B, V]."""
+    if not isinstance(temperature, torch.Tensor):
+        _check_temperature(temperature)
+        return float(temperature)
+    if temperature.is_complex() or temperature.dtype == torch.bool:
+        raise TypeError(f"temperature must be a real tensor, got dtype {temperature.dtype}")
+    if temperature.ndim > 0 and (logits.ndim != 2 or temperature.shape not in ((len(logits),), (len(logits), 1))):
+        raise ValueError(
+            f"a temperature tensor must have shape [B] or [B, 1] for logits [B, V], "
+            f"got {tuple(temperature.shape)} for logits {tuple(logits.shape)}"
+        )
+    temperature = temperature.to(logits.device, torch.float32)
+    if not bool(torch.all((temperature > 0) & torch.isfinite(temperature))):
+        raise ValueError(f"temperature must be finite and > 0 in every row, got {temperature.flatten().tolist()}")
+    return temperature.reshape(-1, 1) if temperature.ndim else temperature
+
+
+def filter_logits(
+    logits: torch.Tensor,
+    temperature: float | torch.Tensor = 1.0,
+    top_k: int = 0,
+    top_p: float = 0.0,
+    min_p: float = 0.0,
+) -> torch.Tensor:
+    """Scale and filter logits [..., V]; returns a new float32 tensor with removed tokens at -inf.
+
+    In this order, on float32 (Hugging Face transformers' warpers):
+      temperature: logits / temperature; a finite float > 0, or a per-row tensor [B] or [B, 1].
+      top_k: keep every token whose logit is >= the k-th largest (ties kept); k is clamped to V; 0 = off.
+      top_p: keep a token iff the probability mass of the tokens ranked above it is < top_p, so the
+             smallest set whose mass is >= top_p survives and the most probable token always does;
+             equal probabilities rank by token index. 0 or 1 = off.
+      min_p: remove tokens whose probability is < min_p * the largest probability; 0 = off.
+    `logits` itself is never modified. Logits may hold -inf, but NaN, +inf (also from a temperature
+    so small that scaling overflows) or a row that is entirely -inf raise ValueError.
+    """
+    _check_filters(top_k, top_p, min_p)
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+        raise TypeError(f"logits must be a floating-point torch.Tensor [..., V], got {logits!r:.80}")
+    if logits.ndim == 0 or logits.shape[-1] == 0:
+        raise ValueError(f"logits must have shape [..., V] with V >= 1, got {tuple(logits.shape)}")
+    scores = logits.float() / _temperature_divisor(temperature, logits)
+    if not bool(torch.isfinite(scores.amax(dim=-1)).all()):  # amax is NaN, +inf or -inf for a bad row
+        raise ValueError(
+            "logits must be finite or -inf with a finite value in every row after temperature scaling; "
+            "got NaN, +inf or an all -inf row (or a temperature so small that the scaled logits overflow)"
+        )
+    if top_k > 0:
+        kth_largest = scores.topk(min(top_k, scores.shape[-1]), dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth_largest, -math.inf)
+    if 0.0 < top_p < 1.0:
+        probs, order = scores.softmax(dim=-1).sort(dim=-1, descending=True, stable=True)
+        mass_above = F.pad(probs.cumsum(dim=-1)[..., :-1], (1, 0))  # exclusive cumsum: 0 for the top token
+        remove_sorted = mass_above >= top_p
+        scores = scores.masked_fill(remove_sorted.scatter(-1, order, remove_sorted), -math.inf)
+    if min_p > 0.0:
+        probs = scores.softmax(dim=-1)
+        scores = scores.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), -math.inf)
+    return scores
+
+
+def _inverse_cdf(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Token [B] (long) whose CDF interval holds uniforms [B] in [0, 1), per row of logits [B, V].
+
+    Token j is chosen iff cdf[j - 1] <= u * cdf[-1] < cdf[j]: probability p_j, never a removed token
+    (an empty interval), and scaling by cdf[-1] keeps a cdf that rounds below 1 from running off the end.
+    """
+    cdf = logits.softmax(dim=-1).cumsum(dim=-1)
+    return torch.searchsorted(cdf, uniforms[:, None] * cdf[:, -1:], right=True).squeeze(-1)
+
+
+def _cached_logits(prior: CodePrior, batch_size: int, device: torch.device) -> LogitsAt:
+    cache = prior.new_cache(batch_size, device)
+
+    def logits_at(codes: torch.Tensor, i: int) -> torch.Tensor:
+        # The cache holds the start token and codes[:, :cache.length - 1]: feed only what it has not
+        # seen (the whole prefix on the first call, then the code sampled last).
+        return prior.next_logits(codes[:, max(cache.length - 1, 0) : i], cache)
+
+    return logits_at
+
+
+def _full_forward_logits(prior: CodePrior, batch_size: int, device: torch.device) -> LogitsAt:
+    # codes[:, i] is not sampled yet, but logits[:, i] never sees it (causal), so it can ride along.
+    return lambda codes, i: prior(codes[:, : i + 1])[:, -1].float()
+
+
+def _level_temperatures(temperature: float | Sequence[float], num_quantizers: int) -> list[float]:
+    if isinstance(temperature, numbers.Real) and not isinstance(temperature, bool):
+        _check_temperature(temperature)
+        return [float(temperature)] * num_quantizers
+    if not isinstance(temperature, Sequence) or isinstance(temperature, str):
+        raise TypeError(f"temperature must be a float or a sequence of {num_quantizers} floats, got {temperature!r}")
+    if len(temperature) != num_quantizers:
+        raise ValueError(
+            f"temperature must have one value per level ({num_quantizers}), got {len(temperature)}: {temperature!r}"
+        )
+    for level, value in enumerate(temperature):
+        _check_temperature(value, f"temperature[{level}]")
+    return [float(value) for value in temperature]
+
+
+def _check_seeds(seeds: Sequence[int], num_sequences: int) -> list[int]:
+    if not isinstance(num_sequences, numbers.Integral) or isinstance(num_sequences, bool) or num_sequences < 1:
+        raise ValueError(f"num_sequences must be an int >= 1, got {num_sequences!r}")
+    if not isinstance(seeds, Sequence) or isinstance(seeds, str) or len(seeds) != num_sequences:
+        raise ValueError(f"seeds must be a sequence of num_sequences={num_sequences} ints, got {seeds!r:.80}")
+    for seed in seeds:
+        if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+            raise TypeError(f"seeds must hold ints in [0, 2**64), got {seed!r}")
+        if not 0 <= seed < 2**64:
+            raise ValueError(f"seeds must hold ints in [0, 2**64), got {seed}")
+    return [int(seed) for seed in seeds]
+
+
+def _check_prefix(prefix: torch.Tensor, prior: CodePrior, num_sequences: int) -> None:
+    if not isinstance(prefix, torch.Tensor) or prefix.is_floating_point() or prefix.dtype == torch.bool:
+        raise TypeError(f"prefix must be an integer torch.Tensor [B, k], got {prefix!r:.80}")
+    if prefix.ndim != 2 or len(prefix) != num_sequences or prefix.shape[1] > prior.seq_len:
+        raise ValueError(
+            f"prefix must have shape [num_sequences={num_sequences}, k] with k <= seq_len={prior.seq_len}, "
+            f"got {tuple(prefix.shape)}"
+        )
+    if prefix.numel() and (prefix.min() < 0 or prefix.max() >= prior.codebook_size):
+        raise ValueError(f"prefix codes must lie in [0, codebook_size={prior.codebook_size})")
+
+
+def _sample(
+    make_logits_at: Callable[[CodePrior, int, torch.device], LogitsAt],
+    prior: CodePrior,
+    num_sequences: int,
+    seeds: Sequence[int],
+    temperature: float | Sequence[float],
+    top_k: int,
+    top_p: float,
+    min_p: float,
+    prefix: torch.Tensor | None,
+    device: torch.device | str | None,
+) -> torch.Tensor:
+    """The sampling loop shared by sample_codes and sample_codes_full_forward: filter, sample, append."""
+    _check_filters(top_k, top_p, min_p)
+    temperatures = _level_temperatures(temperature, prior.num_quantizers)
+    seeds = _check_seeds(seeds, num_sequences)
+    prior_device = next(prior.parameters()).device
+    if device is not None and torch.empty(0, device=device).device != prior_device:
+        raise ValueError(f"device must be the prior's device ({prior_device}) or None, got {device}")
+    codes = torch.zeros(num_sequences, prior.seq_len, dtype=torch.long, device=prior_device)
+    if prefix is not None:
+        _check_prefix(prefix, prior, num_sequences)
+        codes[:, : prefix.shape[1]] = prefix
+    start = 0 if prefix is None else prefix.shape[1]
+    # Row b's uniform for position i comes from its own generator, whatever the batch or the prefix.
+    uniforms = torch.stack(
+        [torch.rand(prior.seq_len, generator=torch.Generator().manual_seed(seed)) for seed in seeds]
+    ).to(prior_device)
+
+    was_training = prior.training
+    prior.eval()
+    try:
+        with torch.inference_mode():
+            logits_at = make_logits_at(prior, num_sequences, prior_device)
+            for i in range(start, prior.seq_len):
+                logits = logits_at(codes, i)  # distribution of codes[:, i] given codes[:, :i]
+                logits = filter_logits(logits, temperatures[i % prior.num_quantizers], top_k, top_p, min_p)
+                codes[:, i] = _inverse_cdf(logits, uniforms[:, i])
+    finally:
+        prior.train(was_training)
+    return codes
+
+
+def sample_codes(
+    prior: CodePrior,
+    num_sequences: int,
+    seeds: Sequence[int],
+    temperature: float | Sequence[float] = 1.0,
+    top_k: int = 0,
+    top_p: float = 0.9,
+    min_p: float = 0.0,
+    prefix: torch.Tensor | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Sample num_sequences flat code sequences, long [B, seq_len], all in one batch through the KV cache.
+
+    Args:
+        prior: the CodePrior; sampled in eval mode (its mode is restored afterwards).
+        num_sequences: B, >= 1.
+        seeds: B ints in [0, 2**64); row b draws only from a torch.Generator seeded seeds[b], so
+            its codes do not depend on which other rows are sampled with it.
+        temperature: a float > 0, or one per residual level (Q floats; token i has level i mod Q).
+        top_k, top_p, min_p: filters, as in `filter_logits`.
+        prefix: long [B, k], k <= seq_len: codes fed rather than sampled (continuation); they
+            appear unchanged at the front of the output.
+        device: None or the prior's device (the prior is not moved); the output lives there.
+    """
+    return _sample(
+        _cached_logits, prior, num_sequences, seeds, temperature, top_k, top_p, min_p, prefix, device
+    )
+
+
+def sample_codes_full_forward(
+    prior: CodePrior,
+    num_sequences: int,
+    seeds: Sequence[int],
+    temperature: float | Sequence[float] = 1.0,
+    top_k: int = 0,
+    top_p: float = 0.9,
+    min_p: float = 0.0,
+    prefix: torch.Tensor | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """`sample_codes` without the KV cache: the whole forward pass is recomputed at every step.
+
+    Same arguments, same uniforms, so the same codes up to float rounding; it is the reference for
+    testing the cache and the seed-style baseline of bench/sampling_bench.py.
+    """
+    return _sample(
+        _full_forward_logits, prior, num_sequences, seeds, temperature, top_k, top_p, min_p, prefix, device
+    )
+
+
+def sample_code_sequence(
+    prior: CodePrior,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 0.9,
+    seed: int | None = None,
+    device: torch.device | str = torch.device("cpu"),
+) -> torch.Tensor:
+    """One flat code sequence, long [1, seq_len]; the first code comes from the prior's start token.
+
+    seed None draws a fresh 63-bit seed from the operating system (secrets, i.e. os.urandom), so the
+    result cannot be repeated; pass a seed to repeat it. `device` must be the prior's device.
+    """
+    if seed is None:
+        seed = secrets.randbits(63)
+    return sample_codes(prior, 1, [seed], temperature, top_k, top_p, device=device)
