@@ -1,0 +1,389 @@
+import json
+import math
+import re
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from distill_nb.audio import Spectrogram, SpectrogramConfig
+from distill_nb.generation import (
+    MAX_DURATION_S,
+    GenerationResult,
+    GenerationSettings,
+    encode_audio,
+    generate,
+    generate_audio_from_prior,
+    generate_takes,
+    overlap_add_mels,
+)
+from distill_nb.model_file import LoadedVQModel
+from distill_nb.prior import CodePrior, PriorConfig, flatten_codes, unflatten_codes
+from distill_nb.sampling import sample_codes
+from distill_nb.vqvae import ConvVQVAE, VQVAEConfig
+
+# A tiny model with the real geometry rules: 8 kHz chunks of 8000 samples, hop 64 -> 126 frames,
+# 32 mels -> a 2 x 8 grid (H x W), 2 levels -> 32 tokens per chunk. A column is 16 * 64 = 1024 samples.
+SR = 8000
+CHUNK = SR
+H, W, Q, K = 2, 8, 2, 16
+FAST = dict(griffin_lim_iters=2)
+
+
+def tiny_model() -> LoadedVQModel:
+    """A random-init model of the geometry above, the same on every call (test_cli_generate uses it too)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = ConvVQVAE(VQVAEConfig(n_mels=32, channels=(4, 4, 4, 4), code_dim=8, num_quantizers=Q,
+                                      codebook_size=K, kmeans_init=False))
+        prior = CodePrior(PriorConfig(codebook_size=K, num_quantizers=Q, seq_len=H * W * Q, d_model=16,
+                                      n_layers=1, n_heads=2, dropout=0.0))
+    spectrogram = Spectrogram(SpectrogramConfig(sample_rate=SR, n_fft=256, hop_length=64, n_mels=32))
+    return LoadedVQModel(model=model.eval(), prior=prior.eval(), spectrogram=spectrogram,
+                         device=torch.device("cpu"), metadata={"name": "tiny"})
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return tiny_model()
+
+
+def settings(**kwargs):
+    return GenerationSettings(**{**FAST, **kwargs})
+
+
+def noise(seconds, seed=0):
+    rng = np.random.default_rng(seed)
+    return (0.3 * rng.standard_normal(round(seconds * SR))).astype(np.float32)
+
+
+# --- shapes and lengths ----------------------------------------------------------------------------
+
+def test_codes_mels_and_audio_have_the_documented_shapes(loaded):
+    result = generate(loaded, settings(duration_s=2.5), seed=1)
+    assert isinstance(result, GenerationResult)
+    n_chunks = 4  # 3 * 8000 - 2 * 2400 = 19200 < 20000 samples: 3 chunks do not cover 2.5 s
+    assert result.codes.shape == (n_chunks, H * W, Q) and result.codes.dtype == torch.long
+    assert 0 <= int(result.codes.min()) and int(result.codes.max()) < K
+    assert result.mels.shape == (n_chunks, 32, 126) and result.mels.dtype == torch.float32
+    assert result.audio.dtype == np.float32 and result.audio.shape == (20000,)
+    assert np.isfinite(result.audio).all()
+    assert result.sample_rate == SR and result.duration_s == 2.5 and result.seed == 1
+
+
+LENGTH_CASES = [(d, o) for d in (0.5, 1, 2.5, 10, 30) for o in (0, 1, 2400)] + [
+    (0.5, CHUNK - 1), (1, CHUNK - 1), ((CHUNK + 3) / SR, CHUNK - 1),  # one step of 1 sample: 4 chunks
+]
+
+
+@pytest.mark.parametrize("duration_s, overlap", LENGTH_CASES)
+def test_output_has_exactly_the_requested_samples(loaded, duration_s, overlap):
+    result = generate(loaded, settings(duration_s=duration_s, overlap_samples=overlap), seed=0)
+    total = round(duration_s * SR)
+    assert result.audio.shape == (total,)
+    # The fewest chunks that cover the duration.
+    n = result.codes.shape[0]
+    assert n * CHUNK - (n - 1) * overlap >= total
+    assert n == 1 or (n - 1) * CHUNK - (n - 2) * overlap < total
+
+
+@pytest.mark.parametrize("mode", ["independent", "continuation"])
+@pytest.mark.parametrize("stitch", ["crossfade", "overlap_add"])
+@pytest.mark.parametrize("duration_s", [0.5, 2.5, 10])
+def test_every_mode_and_stitching_gives_exact_lengths(loaded, mode, stitch, duration_s):
+    result = generate(loaded, settings(duration_s=duration_s, mode=mode, stitch=stitch), seed=2)
+    assert result.audio.shape == (round(duration_s * SR),)
+    assert np.isfinite(result.audio).all()
+
+
+def test_trimmed_audio_fades_out_to_silence(loaded):
+    result = generate(loaded, settings(duration_s=2.5), seed=0)  # 4 chunks cover more than 2.5 s
+    assert result.audio[-1] == 0.0
+    assert np.abs(result.audio[-SR // 1000:]).max() < np.abs(result.audio).max()
+
+
+def test_seams_sit_at_the_centre_of_each_crossfade(loaded):
+    result = generate(loaded, settings(duration_s=2.5, overlap_samples=2400), seed=0)
+    step = CHUNK - 2400
+    assert result.seam_samples == [i * step + 1200 for i in range(1, 4)]
+
+
+def test_continuation_chunks_start_where_the_shared_columns_start(loaded):
+    result = generate(loaded, settings(duration_s=10, mode="continuation", context_columns=2), seed=0)
+    step = (W - 2) * 16 * 64  # chunk i+1 starts at column W - c of chunk i
+    overlap = CHUNK - step
+    n = result.codes.shape[0]
+    assert n == 1 + math.ceil((10 * SR - CHUNK) / step)
+    assert result.seam_samples == [i * step + overlap // 2 for i in range(1, n)]
+
+
+# --- progress ---------------------------------------------------------------------------------------
+
+def test_progress_reports_each_chunk_in_continuation_and_ends_at_one(loaded):
+    calls = []
+    generate(loaded, settings(duration_s=2.5, mode="continuation"), seed=0,
+             progress=lambda fraction, message: calls.append((fraction, message)))
+    n = 1 + math.ceil((2.5 * SR - CHUNK) / ((W - 2) * 1024))
+    chunk_messages = [m for _, m in calls if m.startswith("Generating chunk")]
+    assert chunk_messages == [f"Generating chunk {i}/{n}..." for i in range(1, n + 1)]
+    fractions = [f for f, _ in calls]
+    assert fractions == sorted(fractions) and 0.0 <= fractions[0] and fractions[-1] == 1.0
+
+
+def test_progress_in_independent_mode_names_the_batch(loaded):
+    calls = []
+    generate(loaded, settings(duration_s=2.5), seed=0, progress=lambda f, m: calls.append((f, m)))
+    assert any(re.fullmatch(r"Generating chunks 1-4/4 in one batch\.\.\.", m) for _, m in calls)
+    assert calls[-1][0] == 1.0
+    one = []
+    generate(loaded, settings(duration_s=1), seed=0, progress=lambda f, m: one.append(m))
+    assert "Generating chunk 1/1..." in one
+
+
+# --- seeds ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["independent", "continuation"])
+@pytest.mark.parametrize("stitch", ["crossfade", "overlap_add"])
+def test_same_seed_gives_identical_codes_and_audio(loaded, mode, stitch):
+    s = settings(duration_s=2.5, mode=mode, stitch=stitch)
+    first, second = generate(loaded, s, seed=123), generate(loaded, s, seed=123)
+    assert torch.equal(first.codes, second.codes)
+    np.testing.assert_array_equal(first.audio, second.audio)
+    other = generate(loaded, s, seed=124)
+    assert not torch.equal(first.codes, other.codes)
+
+
+def test_chunk_i_codes_equal_a_separate_run_with_seed_plus_i(loaded):
+    long = generate(loaded, settings(duration_s=2.5), seed=1000)
+    for i in range(long.codes.shape[0]):
+        alone = generate(loaded, settings(duration_s=1), seed=1000 + i)
+        assert torch.equal(long.codes[i], alone.codes[0])
+        direct = unflatten_codes(sample_codes(loaded.prior, 1, [1000 + i], top_p=0.9), Q)[0]
+        assert torch.equal(long.codes[i], direct)
+
+
+def test_the_largest_seed_works_for_many_chunks(loaded):
+    # seed + i passes 2**63 here; the sampler takes seeds below 2**64.
+    result = generate(loaded, settings(duration_s=2.5), seed=2**63 - 1)
+    assert result.seed == 2**63 - 1 and result.codes.shape[0] == 4
+
+
+def test_takes_in_one_batch_equal_separate_generations(loaded):
+    for mode in ("independent", "continuation"):
+        s = settings(duration_s=2.5, mode=mode)
+        takes = generate_takes(loaded, s, [5, 9])
+        for take, seed in zip(takes, [5, 9]):
+            alone = generate(loaded, s, seed=seed)
+            assert take.seed == seed
+            assert torch.equal(take.codes, alone.codes)
+            np.testing.assert_array_equal(take.audio, alone.audio)
+
+
+def test_a_missing_seed_is_drawn_and_returned(loaded):
+    audio, seed = generate_audio_from_prior(loaded, duration_s=1, seed=None)
+    assert isinstance(seed, int) and 0 <= seed < 2**63
+    again, same_seed = generate_audio_from_prior(loaded, duration_s=1, seed=seed)
+    assert same_seed == seed
+    # generate_audio_from_prior uses the default 32 Griffin-Lim iterations, so compare to that.
+    np.testing.assert_array_equal(audio, again)
+    assert audio.dtype == np.float32 and audio.shape == (SR,)
+
+
+def test_generate_audio_from_prior_reports_progress_and_exact_length(loaded):
+    calls = []
+    audio, seed = generate_audio_from_prior(loaded, temperature=0.8, top_k=5, top_p=0.95, duration_s=1.5,
+                                            overlap_samples=400, seed=7,
+                                            progress_callback=lambda f, m: calls.append((f, m)))
+    assert audio.shape == (12000,) and seed == 7
+    assert calls[-1][0] == 1.0
+
+
+# --- continuation and prompts -----------------------------------------------------------------------
+
+def first_columns(codes, c):
+    return codes[: c * H]  # positions p = w*H + h with w < c
+
+
+def last_columns(codes, c):
+    return codes[-c * H:]  # positions p = w*H + h with w >= W - c
+
+
+@pytest.mark.parametrize("context_columns", [1, 2, W - 1])
+def test_continuation_chunks_start_with_the_previous_chunks_last_columns(loaded, context_columns):
+    result = generate(loaded, settings(duration_s=3, mode="continuation", context_columns=context_columns),
+                      seed=11)
+    assert result.codes.shape[0] > 2
+    for i in range(1, result.codes.shape[0]):
+        assert torch.equal(first_columns(result.codes[i], context_columns),
+                           last_columns(result.codes[i - 1], context_columns))
+
+
+def test_continuation_samples_the_rest_with_seed_plus_i(loaded):
+    c = 2
+    result = generate(loaded, settings(duration_s=2, mode="continuation", context_columns=c), seed=40)
+    prefix = flatten_codes(result.codes[:1])[:, -c * H * Q:]
+    direct = sample_codes(loaded.prior, 1, [41], prefix=prefix, top_p=0.9)
+    assert torch.equal(flatten_codes(result.codes[1:2]), direct)
+
+
+def test_encode_audio_cuts_one_second_chunks_and_pads_the_last(loaded):
+    audio = noise(2.5)
+    codes = encode_audio(loaded, audio)
+    assert codes.shape == (3, H * W, Q) and codes.dtype == torch.long
+    padded = np.concatenate([audio[2 * CHUNK:], np.zeros(CHUNK // 2, np.float32)])
+    assert torch.equal(codes[2], encode_audio(loaded, padded)[0])
+    assert torch.equal(codes[:2], encode_audio(loaded, audio[: 2 * CHUNK]))
+
+
+@pytest.mark.parametrize("mode", ["independent", "continuation"])
+def test_a_prompt_primes_the_first_chunk_with_its_last_columns(loaded, mode):
+    c = 2
+    prompt = noise(2.0, seed=3)
+    prompt_codes = encode_audio(loaded, prompt)[-1]
+    primed = generate(loaded, settings(duration_s=2, mode=mode, context_columns=c), seed=8, prompt=prompt)
+    assert torch.equal(first_columns(primed.codes[0], c), last_columns(prompt_codes, c))
+    unprimed = generate(loaded, settings(duration_s=2, mode=mode, context_columns=c), seed=8)
+    assert not torch.equal(first_columns(unprimed.codes[0], c), last_columns(prompt_codes, c))
+    assert primed.audio.shape == unprimed.audio.shape and primed.prompt_samples == len(prompt)
+
+
+def test_a_short_prompt_is_aligned_to_its_end(loaded):
+    c = 1
+    prompt = noise(0.4, seed=4)
+    window = np.concatenate([np.zeros(CHUNK - len(prompt), np.float32), prompt])
+    result = generate(loaded, settings(duration_s=1, context_columns=c), seed=8, prompt=prompt)
+    assert torch.equal(first_columns(result.codes[0], c), last_columns(encode_audio(loaded, window)[0], c))
+
+
+def test_include_prompt_prepends_the_prompt_crossfaded_over_the_shared_region(loaded):
+    c = 2
+    prompt = noise(1.5, seed=5)
+    s = settings(duration_s=2, context_columns=c)
+    alone = generate(loaded, s, seed=8, prompt=prompt)
+    joined = generate(loaded, s, seed=8, prompt=prompt, include_prompt=True)
+    shared = CHUNK - (W - c) * 1024
+    assert joined.audio.shape == (len(prompt) + 2 * SR - shared,)
+    np.testing.assert_array_equal(joined.audio[: len(prompt) - shared], prompt[: len(prompt) - shared])
+    np.testing.assert_array_equal(joined.audio[len(prompt):], alone.audio[shared:])
+    assert joined.seam_samples[0] == len(prompt) - shared + shared // 2
+    assert joined.include_prompt and joined.to_metadata()["include_prompt"] is True
+
+
+# --- controls reach the sampler ---------------------------------------------------------------------
+
+def test_per_level_temperature_and_filters_reach_the_sampler(loaded):
+    s = settings(duration_s=1, temperature=(0.05, 3.0), top_k=6, top_p=0.8, min_p=0.05)
+    result = generate(loaded, s, seed=21)
+    direct = sample_codes(loaded.prior, 1, [21], temperature=(0.05, 3.0), top_k=6, top_p=0.8, min_p=0.05)
+    assert torch.equal(flatten_codes(result.codes), direct)
+    plain = generate(loaded, settings(duration_s=1), seed=21)
+    assert not torch.equal(result.codes, plain.codes)
+
+
+# --- metadata ---------------------------------------------------------------------------------------
+
+def test_metadata_is_json_safe_and_complete(loaded):
+    s = settings(duration_s=1.5, temperature=(0.9, 1.1), mode="continuation")
+    metadata = generate(loaded, s, seed=3).to_metadata()
+    assert json.loads(json.dumps(metadata)) == metadata
+    assert metadata["settings"] == {**s.to_dict(), "temperature": [0.9, 1.1]}
+    assert metadata["seed"] == 3 and metadata["model_name"] == "tiny" and metadata["sample_rate"] == SR
+    assert metadata["duration_s"] == 1.5 and metadata["distill_nb_version"]
+    assert {"sampling_s", "decoding_s", "griffin_lim_s", "stitching_s", "total_s"} <= set(metadata["timings"])
+
+
+# --- mel overlap-add --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("curve", ["equal_power", "linear", "hann"])
+@pytest.mark.parametrize("step", [1, 5, 8, 10])
+def test_overlap_add_keeps_a_constant_mel_constant(curve, step):
+    mels = torch.full((4, 3, 10), -2.0)
+    out = overlap_add_mels(mels, step, curve)
+    assert out.shape == (3, 3 * step + 10)
+    torch.testing.assert_close(out, torch.full_like(out, -2.0))
+
+
+def test_overlap_add_fades_from_one_chunk_to_the_next():
+    mels = torch.stack([torch.full((1, 10), 0.0), torch.full((1, 10), math.log(3.0))])
+    out = overlap_add_mels(mels, 6, "linear").exp()[0]  # power 1 fading to power 3 over 4 frames
+    torch.testing.assert_close(out[:6], torch.ones(6))
+    torch.testing.assert_close(out[6:10], 1 + 2 * (torch.arange(4) + 0.5) / 4)
+    torch.testing.assert_close(out[10:], torch.full((6,), 3.0))
+
+
+# --- bad input --------------------------------------------------------------------------------------
+
+BAD_SETTINGS = [
+    ("temperature", 0.0, ValueError), ("temperature", -1.0, ValueError), ("temperature", math.inf, ValueError),
+    ("temperature", math.nan, ValueError), ("temperature", "1", TypeError), ("temperature", True, TypeError),
+    ("temperature", (1.0, 0.0), ValueError), ("temperature", (), ValueError), ("temperature", (1.0, None), TypeError),
+    ("top_k", -1, ValueError), ("top_k", 1.5, TypeError), ("top_k", True, TypeError),
+    ("top_p", -0.1, ValueError), ("top_p", 1.1, ValueError), ("top_p", math.nan, ValueError),
+    ("top_p", "0.9", TypeError), ("min_p", 1.5, ValueError), ("min_p", -0.5, ValueError),
+    ("duration_s", 0.0, ValueError), ("duration_s", -1.0, ValueError), ("duration_s", MAX_DURATION_S + 1, ValueError),
+    ("duration_s", math.inf, ValueError), ("duration_s", None, TypeError),
+    ("overlap_samples", -1, ValueError), ("overlap_samples", 10.0, TypeError), ("overlap_samples", False, TypeError),
+    ("mode", "sequential", ValueError), ("stitch", "glue", ValueError), ("crossfade_curve", "cubic", ValueError),
+    ("context_columns", 0, ValueError), ("context_columns", 1.0, TypeError),
+    ("griffin_lim_iters", 0, ValueError), ("griffin_lim_iters", "32", TypeError),
+]
+
+
+@pytest.mark.parametrize("name, value, error", BAD_SETTINGS)
+def test_bad_settings_raise_naming_the_parameter(name, value, error):
+    with pytest.raises(error, match=re.escape(name.split("[")[0])):
+        GenerationSettings(**{name: value})
+
+
+@pytest.mark.parametrize("name, value, expected", [
+    ("temperature", (1.0, 1.0, 1.0), "2 levels"),
+    ("overlap_samples", CHUNK, f"[0, {CHUNK})"),
+    ("context_columns", W, f"[1, {W})"),
+])
+def test_settings_that_do_not_fit_the_model_raise(loaded, name, value, expected):
+    with pytest.raises(ValueError, match=re.escape(name)) as error:
+        generate(loaded, settings(**{name: value}), seed=0)
+    assert expected in str(error.value)
+
+
+@pytest.mark.parametrize("seed, error", [(-1, ValueError), (2**63, ValueError), (True, TypeError),
+                                         (1.0, TypeError), ("3", TypeError)])
+def test_bad_seeds_raise(loaded, seed, error):
+    with pytest.raises(error, match=r"seed.*\[0, 2\*\*63\)"):
+        generate(loaded, settings(duration_s=1), seed=seed)
+
+
+def test_bad_take_lists_raise(loaded):
+    with pytest.raises(ValueError, match="seeds"):
+        generate_takes(loaded, settings(), [])
+    with pytest.raises(TypeError, match=r"seeds\[1\]"):
+        generate_takes(loaded, settings(), [1, 2.0])
+    with pytest.raises(TypeError, match="settings"):
+        generate(loaded, {"duration_s": 1.0}, seed=0)
+
+
+@pytest.mark.parametrize("prompt", [np.zeros((2, 100), np.float32), np.zeros(0, np.float32),
+                                    np.full(100, np.nan, np.float32)])
+def test_bad_prompts_raise(loaded, prompt):
+    with pytest.raises(ValueError, match="prompt"):
+        generate(loaded, settings(duration_s=1), seed=0, prompt=prompt)
+
+
+def test_a_prompt_that_is_not_samples_raises(loaded):
+    with pytest.raises(TypeError, match="prompt"):
+        generate(loaded, settings(duration_s=1), seed=0, prompt="take.wav")
+
+
+def test_a_model_without_prior_cannot_generate(loaded):
+    with pytest.raises(ValueError, match="^Model has no trained prior$"):
+        generate(replace(loaded, prior=None), settings(duration_s=1), seed=0)
+    with pytest.raises(ValueError, match="^Model has no trained prior$"):
+        generate_audio_from_prior(replace(loaded, prior=None), duration_s=1)
+
+
+def test_settings_normalise_and_serialise_their_values():
+    s = GenerationSettings(temperature=[np.float32(0.5), 2], top_k=np.int64(3), duration_s=np.float64(2.0))
+    assert s.temperature == (0.5, 2.0) and type(s.top_k) is int and type(s.duration_s) is float
+    assert json.loads(json.dumps(s.to_dict()))["temperature"] == [0.5, 2.0]
+    assert GenerationSettings(**{**s.to_dict(), "temperature": tuple(s.to_dict()["temperature"])}) == s
