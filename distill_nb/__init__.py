@@ -1,1 +1,56 @@
+"""distill_nb: train a small generative model on your own sounds and explore it in Jupyter.
 
+The public API, re-exported from the modules. The notebook layer (widgets, plots) is imported lazily on
+first use, so `import distill_nb` (and the CLI) does not pull in ipywidgets or matplotlib.
+"""
+from importlib import import_module
+from importlib.metadata import PackageNotFoundError, version
+
+from distill_nb.analysis import (LevelStats, SeamReport, code_histograms, compare_to_training, js_divergence,
+                                 level_statistics, seam_discontinuity)
+from distill_nb.audio import (CHUNK_SECONDS, AudioFileError, Spectrogram, SpectrogramConfig, crossfade_chunks,
+                              load_audio, save_audio)
+from distill_nb.corpus import Corpus, SkippedFile, build_corpus, demo_corpus, write_demo_folder
+from distill_nb.generation import (MAX_DURATION_S, GenerationResult, GenerationSettings, encode_audio, generate,
+                                   generate_audio_from_prior, generate_takes)
+from distill_nb.model_file import (DEFAULT_MODEL_PATH, LoadedVQModel, ModelFileError, load_default_model, load_model,
+                                   save_model)
+from distill_nb.prior import CodePrior, PriorConfig, extract_code_sequences, flatten_codes, unflatten_codes
+from distill_nb.sampling import filter_logits, sample_code_sequence, sample_codes
+from distill_nb.training import TrainingHistory, train_default_model, train_model, train_prior, train_vqvae
+from distill_nb.vqvae import CodebookHealth, ConvVQVAE, VQVAEConfig
+
+try:
+    __version__ = version("distill_nb")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"
+
+_LAZY = {
+    "GeneratorPanel": "distill_nb.widgets",
+    "CompareGrid": "distill_nb.widgets",
+    "plot_code_histograms": "distill_nb.plots",
+    "plot_spectrogram": "distill_nb.plots",
+    "plot_seam_zoom": "distill_nb.plots",
+    "plot_training_curves": "distill_nb.plots",
+    "plot_filter_demo": "distill_nb.plots",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'distill_nb' has no attribute {name!r}")
+
+
+__all__ = [
+    "AudioFileError", "CHUNK_SECONDS", "CodePrior", "CodebookHealth", "CompareGrid", "ConvVQVAE", "Corpus",
+    "DEFAULT_MODEL_PATH", "GenerationResult", "GenerationSettings", "GeneratorPanel", "LevelStats",
+    "LoadedVQModel", "MAX_DURATION_S", "ModelFileError", "PriorConfig", "SeamReport", "SkippedFile",
+    "Spectrogram", "SpectrogramConfig", "TrainingHistory", "VQVAEConfig", "build_corpus", "code_histograms",
+    "compare_to_training", "crossfade_chunks", "demo_corpus", "encode_audio", "extract_code_sequences",
+    "filter_logits", "flatten_codes", "generate", "generate_audio_from_prior", "generate_takes",
+    "js_divergence", "level_statistics", "load_audio", "load_default_model", "load_model",
+    "plot_code_histograms", "plot_filter_demo", "plot_seam_zoom", "plot_spectrogram", "plot_training_curves",
+    "sample_code_sequence", "sample_codes", "save_audio", "save_model", "seam_discontinuity",
+    "train_default_model", "train_model", "train_prior", "train_vqvae", "unflatten_codes", "write_demo_folder",
+]

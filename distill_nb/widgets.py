@@ -28,14 +28,13 @@ from matplotlib.figure import Figure
 
 from .analysis import code_histograms, js_divergence, level_statistics
 from .audio import save_audio
-from .generation import GenerationResult, GenerationSettings, Progress, generate
+from .generation import MODES, GenerationResult, GenerationSettings, Progress, generate
 from .model_file import LoadedVQModel, load_default_model
 from .plots import plot_code_histograms, plot_spectrogram
 
 # The seed box's range: generation accepts seeds up to 2**63, but a widget's number crosses
 # JavaScript, whose integers are exact only up to 2**53; 2**31 seeds are plenty to explore.
 MAX_SEED = 2**31 - 1
-MODES = ("independent", "continuation")
 
 _WIDE_LABEL = {"description_width": "initial"}  # show whole descriptions instead of truncating them
 _ERROR_COLOR = "#c62828"

@@ -6,8 +6,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_H, TINY_K, TINY_Q, TINY_SR, TINY_W, tiny_model
 
-from distill_nb.audio import Spectrogram, SpectrogramConfig
 from distill_nb.generation import (
     MAX_DURATION_S,
     GenerationResult,
@@ -18,30 +18,12 @@ from distill_nb.generation import (
     generate_takes,
     overlap_add_mels,
 )
-from distill_nb.model_file import LoadedVQModel
-from distill_nb.prior import CodePrior, PriorConfig, flatten_codes, unflatten_codes
+from distill_nb.prior import flatten_codes, unflatten_codes
 from distill_nb.sampling import sample_codes
-from distill_nb.vqvae import ConvVQVAE, VQVAEConfig
 
-# A tiny model with the real geometry rules: 8 kHz chunks of 8000 samples, hop 64 -> 126 frames,
-# 32 mels -> a 2 x 8 grid (H x W), 2 levels -> 32 tokens per chunk. A column is 16 * 64 = 1024 samples.
-SR = 8000
-CHUNK = SR
-H, W, Q, K = 2, 8, 2, 16
+SR, CHUNK = TINY_SR, TINY_SR
+H, W, Q, K = TINY_H, TINY_W, TINY_Q, TINY_K
 FAST = dict(griffin_lim_iters=2)
-
-
-def tiny_model() -> LoadedVQModel:
-    """A random-init model of the geometry above, the same on every call (test_cli_generate uses it too)."""
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = ConvVQVAE(VQVAEConfig(n_mels=32, channels=(4, 4, 4, 4), code_dim=8, num_quantizers=Q,
-                                      codebook_size=K, kmeans_init=False))
-        prior = CodePrior(PriorConfig(codebook_size=K, num_quantizers=Q, seq_len=H * W * Q, d_model=16,
-                                      n_layers=1, n_heads=2, dropout=0.0))
-    spectrogram = Spectrogram(SpectrogramConfig(sample_rate=SR, n_fft=256, hop_length=64, n_mels=32))
-    return LoadedVQModel(model=model.eval(), prior=prior.eval(), spectrogram=spectrogram,
-                         device=torch.device("cpu"), metadata={"name": "tiny"})
 
 
 @pytest.fixture(scope="module")

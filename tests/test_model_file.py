@@ -28,15 +28,6 @@ TINY_PRIOR = PriorConfig(codebook_size=16, num_quantizers=3, seq_len=36, d_model
                          dropout=0.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The test machine's cores are shared; tiny models run fastest without intra-op threads.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def mels(n: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 32, 94, generator=g) * 3 - 6

@@ -22,15 +22,6 @@ TINY = PriorConfig(codebook_size=16, num_quantizers=3, seq_len=24, d_model=32, n
 INF = math.inf
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from a second intra-op thread, and on a busy machine waiting for it dominates."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_prior(config: PriorConfig = TINY, seed: int = 0) -> CodePrior:
     with torch.random.fork_rng():  # nn.Module init uses the global RNG: seed it without leaking
         torch.manual_seed(seed)

@@ -15,15 +15,6 @@ TINY = dict(n_mels=32, channels=(8, 8, 16, 16), code_dim=8, codebook_size=16)
 SILENCE = math.log(1e-5)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The test machine's cores are shared; tiny convs run fastest without intra-op threads.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_model(seed: int = 0, **overrides) -> ConvVQVAE:
     config = VQVAEConfig(**{**TINY, "input_mean": -6.0, "input_std": 4.0, **overrides})
     with torch.random.fork_rng(devices=[]):

@@ -19,18 +19,15 @@ import pytest
 import soundfile as sf
 import torch
 from traitlets import TraitError
+from conftest import TINY_H, TINY_K, TINY_Q, TINY_SR, tiny_model
 
 import distill_nb.widgets as widgets_module
-from distill_nb.audio import Spectrogram, SpectrogramConfig
 from distill_nb.generation import GenerationResult, GenerationSettings, generate
-from distill_nb.model_file import LoadedVQModel
-from distill_nb.prior import CodePrior, PriorConfig
-from distill_nb.vqvae import ConvVQVAE, VQVAEConfig
 from distill_nb.widgets import MAX_SEED, CompareGrid, GeneratorPanel
 
 # 8 kHz chunks, hop 64 -> 126 frames, 32 mels -> a 2 x 8 grid of 2 levels: 32 tokens per chunk.
-SR = 8000
-H, W, Q, K = 2, 8, 2, 16
+SR = TINY_SR
+H, Q, K = TINY_H, TINY_Q, TINY_K
 FAST_GL = 2
 WAV_URI = re.compile(r'src="data:audio/wav;base64,([A-Za-z0-9+/=]+)"')
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -38,16 +35,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def loaded():
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = ConvVQVAE(VQVAEConfig(n_mels=32, channels=(4, 4, 4, 4), code_dim=8, num_quantizers=Q,
-                                      codebook_size=K, kmeans_init=False))
-        prior = CodePrior(PriorConfig(codebook_size=K, num_quantizers=Q, seq_len=H * W * Q, d_model=16,
-                                      n_layers=1, n_heads=2, dropout=0.0))
-    spectrogram = Spectrogram(SpectrogramConfig(sample_rate=SR, n_fft=256, hop_length=64, n_mels=32))
-    counts = torch.arange(1, Q * K + 1, dtype=torch.long).view(Q, K)
-    return LoadedVQModel(model=model.eval(), prior=prior.eval(), spectrogram=spectrogram,
-                         device=torch.device("cpu"), metadata={"name": "tiny"}, train_code_counts=counts)
+    return tiny_model(with_counts=True)
 
 
 @pytest.fixture
