@@ -10,6 +10,10 @@ STAMP := $(VENV)/.installed
 IPYW7 := $(VENV)/ipywidgets7
 IPYW7_STAMP := $(IPYW7)/.installed
 
+# Tests and notebooks run torch with one intra-op thread: the models under test are tiny, a second thread
+# only adds waiting, and the numbers the notebooks print (compared by nbval) depend on the thread count.
+TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+
 .PHONY: test test-unit test-widgets7 test-notebooks lab demo bench default-model clean
 
 $(STAMP): pyproject.toml
@@ -27,16 +31,16 @@ $(IPYW7_STAMP): $(STAMP)
 test: test-unit test-widgets7 test-notebooks
 
 test-unit: $(STAMP)
-	$(PY) -m pytest tests -q
+	$(TEST_ENV) $(PY) -m pytest tests -q
 
 test-widgets7: $(IPYW7_STAMP)
 	@if [ -f tests/test_widgets.py ]; then \
-		PYTHONPATH=$(IPYW7) $(PY) -m pytest tests/test_widgets.py -q -p no:cacheprovider; \
+		$(TEST_ENV) PYTHONPATH=$(IPYW7) $(PY) -m pytest tests/test_widgets.py -q -p no:cacheprovider; \
 	else echo "no widget tests yet"; fi
 
 test-notebooks: $(STAMP)
 	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
-		$(PY) -m pytest --nbval notebooks --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -q -p no:cacheprovider; \
+		$(TEST_ENV) $(PY) -m pytest --nbval notebooks --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -q -p no:cacheprovider; \
 	else echo "no notebooks yet"; fi
 
 lab: $(STAMP)
