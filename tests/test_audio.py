@@ -1,0 +1,391 @@
+"""Tests for distill_nb.audio: files, the mel spectrogram and its inverse (against librosa), stitching."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+
+import librosa
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from distill_nb import audio as audio_module
+from distill_nb.audio import (
+    AudioFileError,
+    Spectrogram,
+    SpectrogramConfig,
+    crossfade_chunks,
+    load_audio,
+    save_audio,
+)
+
+# A tiny configuration for comparisons with librosa's Griffin-Lim: librosa's NNLS (L-BFGS-B with as many
+# corrections as FFT bins) takes minutes per call at n_fft = 2048, and seconds here.
+TINY = SpectrogramConfig(sample_rate=8000, n_fft=128, hop_length=32, n_mels=32)
+
+
+def _signals(sample_rate: int, seconds: float) -> dict[str, np.ndarray]:
+    """Test signals that nothing in audio.py was tuned on: float32 (n,)."""
+    t = np.arange(round(sample_rate * seconds)) / sample_rate
+    rng = np.random.default_rng(1)
+    vibrato = sum(0.3 / k * np.sin(2 * np.pi * k * 220 * t + 3 * k * np.sin(2 * np.pi * 5 * t)) for k in range(1, 6))
+    noise_burst = 0.3 * rng.standard_normal(t.size) * np.exp(-(((t - seconds / 2) / (seconds / 10)) ** 2))
+    f_end = 0.44 * sample_rate
+    chirp = 0.5 * np.sin(2 * np.pi * (100 * t + (f_end - 100) / (2 * t[-1]) * t**2))
+    return {name: x.astype(np.float32) for name, x in
+            {"vibrato": vibrato, "noise_burst": noise_burst, "chirp": chirp}.items()}
+
+
+def _librosa_mel_kwargs(config: SpectrogramConfig) -> dict:
+    """The librosa mel settings equal to ``config`` (n_mels apart: mel_to_stft reads it from the mel)."""
+    return dict(sr=config.sample_rate, n_fft=config.n_fft, fmin=config.f_min, fmax=config.f_max,
+                htk=config.mel_scale == "htk", norm=config.mel_norm)
+
+
+def _spectral_convergence(reference: np.ndarray, estimate: np.ndarray, config: SpectrogramConfig) -> float:
+    """||S_ref| - |S_est||_F / ||S_ref||_F on the linear STFT magnitude."""
+    def magnitude(x):
+        return np.abs(librosa.stft(x, n_fft=config.n_fft, hop_length=config.hop_length, pad_mode="reflect"))
+    ref, est = magnitude(reference), magnitude(estimate)
+    return float(np.linalg.norm(ref - est) / np.linalg.norm(ref))
+
+
+# --------------------------------------------------------------------------------------------------
+# Mel filterbank and spectrogram against librosa
+
+MEL_SETTINGS = [
+    dict(mel_scale=scale, mel_norm=norm, **band)
+    for scale in ("htk", "slaney")
+    for norm in (None, "slaney")
+    for band in ({}, {"f_min": 40.0, "f_max": 11000.0})
+]
+
+
+@pytest.mark.parametrize("settings", MEL_SETTINGS, ids=str)
+def test_filterbank_matches_librosa(settings):
+    config = SpectrogramConfig(**settings)
+    ours = Spectrogram(config).mel_filterbank
+    reference = librosa.filters.mel(n_mels=config.n_mels, **_librosa_mel_kwargs(config), dtype=np.float64)
+    assert ours.dtype == torch.float32 and tuple(ours.shape) == (128, 1025)
+    np.testing.assert_allclose(ours.numpy(), reference, rtol=1e-6, atol=1e-6 * reference.max())
+
+
+@pytest.mark.parametrize("settings", MEL_SETTINGS[::3], ids=str)
+def test_waveform_to_mel_matches_librosa(settings):
+    config = SpectrogramConfig(**settings)
+    x = _signals(config.sample_rate, 0.25)["vibrato"]
+    ours = Spectrogram(config).waveform_to_mel(x)
+    power = librosa.feature.melspectrogram(y=x.astype(np.float64), hop_length=config.hop_length, power=2.0,
+                                           pad_mode="reflect", n_mels=config.n_mels,
+                                           **_librosa_mel_kwargs(config))
+    assert ours.shape == (1, config.n_mels, 1 + x.size // config.hop_length)
+    np.testing.assert_allclose(ours[0].numpy(), np.log(power + config.log_floor), atol=2e-3)
+
+
+def test_waveform_to_mel_batches_and_accepts_numpy_or_torch():
+    spectrogram = Spectrogram(TINY)
+    batch = np.stack(list(_signals(TINY.sample_rate, 0.25).values()))
+    mels = spectrogram.waveform_to_mel(torch.from_numpy(batch))
+    assert mels.dtype == torch.float32 and mels.shape == (3, 32, 1 + 2000 // 32)
+    for row, x in zip(mels, batch):
+        torch.testing.assert_close(row, spectrogram.waveform_to_mel(x)[0], atol=1e-5, rtol=0)
+    silence = spectrogram.waveform_to_mel(np.zeros(4000, np.float32))
+    torch.testing.assert_close(silence, torch.full_like(silence, np.log(TINY.log_floor)))
+
+
+def test_waveform_to_mel_rejects_bad_audio():
+    spectrogram = Spectrogram(TINY)
+    with pytest.raises(ValueError, match="audio"):
+        spectrogram.waveform_to_mel(np.zeros(TINY.n_fft // 2, np.float32))  # too short to reflect-pad
+    with pytest.raises(ValueError, match="audio"):
+        spectrogram.waveform_to_mel(np.zeros((2, 2, 4000), np.float32))
+    with pytest.raises(ValueError, match="audio"):
+        spectrogram.waveform_to_mel(np.zeros(4000, np.int16))
+
+
+# --------------------------------------------------------------------------------------------------
+# Inverse: quality against librosa, lengths, determinism
+
+
+@pytest.mark.parametrize("name", ["vibrato", "noise_burst", "chirp"])
+def test_griffin_lim_no_worse_than_librosa(name):
+    x = _signals(TINY.sample_rate, 0.5)[name]
+    n_iter, takes = 32, 5
+    spectrogram = Spectrogram(TINY)
+    mel = spectrogram.waveform_to_mel(x)
+    # One batched call draws `takes` different initial phases.
+    ours = spectrogram.mel_to_waveform(mel.expand(takes, -1, -1), n_iter=n_iter, length=x.size,
+                                       generator=torch.Generator().manual_seed(0)).numpy()
+    # librosa.feature.inverse.mel_to_audio is exactly mel_to_stft + griffinlim; calling the two lets the
+    # phase come from an explicit seed instead of numpy's global RNG. Its input is the power mel.
+    power_mel = np.exp(mel[0].double().numpy()) - TINY.log_floor
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # librosa's "empty filters" warning for this tiny filterbank
+        magnitude = librosa.feature.inverse.mel_to_stft(power_mel, power=2.0, **_librosa_mel_kwargs(TINY))
+    reference = [
+        librosa.griffinlim(magnitude, n_iter=n_iter, hop_length=TINY.hop_length, n_fft=TINY.n_fft,
+                           length=x.size, pad_mode="reflect", random_state=seed)
+        for seed in range(takes)
+    ]
+    ours_sc = np.mean([_spectral_convergence(x, y, TINY) for y in ours])
+    librosa_sc = np.mean([_spectral_convergence(x, y, TINY) for y in reference])
+    assert ours_sc <= librosa_sc, f"{name}: ours {ours_sc:.4f} vs librosa {librosa_sc:.4f}"
+
+
+def test_mel_to_waveform_lengths_and_shapes():
+    spectrogram = Spectrogram()  # the default 48 kHz chunk geometry
+    assert spectrogram.chunk_samples == 48000
+    assert spectrogram.get_mel_shape(48000) == (128, 94)
+    assert spectrogram.get_latent_shape(48000) == (8, 6)
+    assert spectrogram.get_latent_shape(48000, downsample=4) == (32, 24)
+    mel = spectrogram.waveform_to_mel(np.zeros((2, 48000), np.float32))
+    assert mel.shape == (2, 128, 94)
+    chunk = spectrogram.mel_to_waveform(mel, n_iter=1, length=48000)
+    assert chunk.dtype == torch.float32 and chunk.shape == (2, 48000)
+    assert spectrogram.mel_to_waveform(mel[0], n_iter=0).shape == (1, 93 * 512)  # length None
+    for bad_length in (93 * 512 - 1, 94 * 512, 48000.0):
+        with pytest.raises(ValueError, match="length"):
+            spectrogram.mel_to_waveform(mel, n_iter=0, length=bad_length)
+    with pytest.raises(ValueError, match="mel"):
+        spectrogram.mel_to_waveform(mel[:, :64], n_iter=0)
+    with pytest.raises(ValueError, match="n_iter"):
+        spectrogram.mel_to_waveform(mel, n_iter=-1)
+
+
+def test_mel_to_waveform_is_deterministic_per_generator():
+    spectrogram = Spectrogram(TINY)
+    mel = spectrogram.waveform_to_mel(_signals(TINY.sample_rate, 0.25)["vibrato"])
+
+    def invert(seed):
+        return spectrogram.mel_to_waveform(mel, n_iter=4, generator=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(invert(7), invert(7))
+    assert not torch.allclose(invert(7), invert(8))
+    assert torch.equal(spectrogram.mel_to_waveform(mel, n_iter=4), spectrogram.mel_to_waveform(mel, n_iter=4))
+
+
+def test_nnls_recovers_the_linear_power_of_a_real_mel():
+    """The preconditioned FISTA reaches a small residual where the clamped pseudo-inverse does not."""
+    spectrogram = Spectrogram()
+    x = _signals(48000, 0.25)["chirp"]
+    power_mel = torch.exp(spectrogram.waveform_to_mel(x)) - spectrogram.config.log_floor
+    bases = spectrogram._bases_on(torch.device("cpu"))
+    fb = spectrogram.mel_filterbank
+
+    def residual(linear):
+        return float(torch.linalg.norm(fb @ linear - power_mel) / torch.linalg.norm(power_mel))
+
+    linear = spectrogram._mel_power_to_linear(power_mel, bases)
+    assert linear.min() >= 0
+    assert residual(linear) < 1e-3 < residual((bases.pinv @ power_mel).clamp_min(0))
+
+
+# --------------------------------------------------------------------------------------------------
+# SpectrogramConfig
+
+
+def test_config_defaults_and_round_trip():
+    config = SpectrogramConfig()
+    assert (config.sample_rate, config.n_fft, config.hop_length, config.n_mels) == (48000, 2048, 512, 128)
+    assert (config.f_min, config.f_max, config.mel_scale, config.mel_norm, config.log_floor) == (
+        0.0, None, "htk", None, 1e-5)
+    custom = SpectrogramConfig(sample_rate=np.int64(22050), f_max=8000, mel_scale="slaney", mel_norm="slaney")
+    data = json.loads(json.dumps(custom.to_dict()))
+    assert SpectrogramConfig.from_dict(data) == custom
+    assert type(custom.sample_rate) is int and type(custom.f_max) is float
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.n_fft = 1024
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("sample_rate", 0, ValueError),
+        ("sample_rate", 44100.0, TypeError),
+        ("n_fft", 8, ValueError),
+        ("hop_length", 0, ValueError),
+        ("hop_length", 1025, ValueError),
+        ("n_mels", 0, ValueError),
+        ("n_mels", 2000, ValueError),
+        ("f_min", -1.0, ValueError),
+        ("f_min", 24000.0, ValueError),
+        ("f_max", 30000.0, ValueError),
+        ("f_max", float("nan"), ValueError),
+        ("mel_scale", "mel", ValueError),
+        ("mel_norm", "l2", ValueError),
+        ("log_floor", 0.0, ValueError),
+        ("log_floor", "1e-5", TypeError),
+    ],
+)
+def test_config_rejects_bad_fields(field, value, error):
+    with pytest.raises(error, match=field):
+        SpectrogramConfig(**{field: value})
+
+
+def test_config_from_dict_rejects_unknown_keys():
+    with pytest.raises(ValueError, match="hop_size"):
+        SpectrogramConfig.from_dict({"hop_size": 256})
+    with pytest.raises(TypeError, match="data"):
+        SpectrogramConfig.from_dict([("n_fft", 1024)])
+
+
+# --------------------------------------------------------------------------------------------------
+# Crossfading
+
+CURVES = ["equal_power", "linear", "hann"]
+
+
+@pytest.mark.parametrize("curve", CURVES)
+@pytest.mark.parametrize("overlap", [0, 1, 7, 50])
+def test_crossfade_length(curve, overlap):
+    rng = np.random.default_rng(0)
+    chunks = [rng.standard_normal(n).astype(np.float32) for n in (50, 80, 64)]
+    out = crossfade_chunks(chunks, overlap, curve)
+    assert out.dtype == np.float32 and out.shape == (50 + 80 + 64 - 2 * overlap,)
+    # Outside the seams every chunk is copied unchanged.
+    np.testing.assert_array_equal(out[: 50 - overlap], chunks[0][: 50 - overlap])
+    np.testing.assert_array_equal(out[len(out) - 64 + overlap :], chunks[2][overlap:])
+
+
+def test_crossfade_without_overlap_concatenates():
+    chunks = [np.arange(3, dtype=np.float32), torch.arange(3, 7, dtype=torch.float64)]
+    np.testing.assert_array_equal(crossfade_chunks(chunks, 0), np.arange(7, dtype=np.float32))
+
+
+@pytest.mark.parametrize("curve", CURVES)
+def test_crossfade_gains(curve):
+    overlap, ones, zeros = 32, np.ones(100, np.float32), np.zeros(100, np.float32)
+    fade_out = crossfade_chunks([ones, zeros], overlap, curve)[100 - overlap : 100]  # outgoing gain
+    fade_in = crossfade_chunks([zeros, ones], overlap, curve)[100 - overlap : 100]  # incoming gain
+    assert np.all(np.diff(fade_out) < 0) and np.all(np.diff(fade_in) > 0)
+    assert 0 < fade_out.min() and fade_out.max() < 1
+    np.testing.assert_allclose(fade_in, fade_out[::-1], atol=1e-6)  # symmetric
+    if curve == "equal_power":
+        np.testing.assert_allclose(fade_in**2 + fade_out**2, 1.0, atol=1e-6)
+    else:
+        np.testing.assert_allclose(fade_in + fade_out, 1.0, atol=1e-6)
+        constant = crossfade_chunks([ones * 0.5, ones * 0.5, ones * 0.5], overlap, curve)
+        np.testing.assert_allclose(constant, 0.5, atol=1e-6)
+
+
+def test_crossfade_errors():
+    chunks = [np.zeros(10, np.float32), np.zeros(20, np.float32)]
+    for overlap in (-1, 11, 2.5):
+        with pytest.raises(ValueError, match="overlap_samples"):
+            crossfade_chunks(chunks, overlap)
+    with pytest.raises(ValueError, match="curve"):
+        crossfade_chunks(chunks, 5, curve="cosine")
+    with pytest.raises(ValueError, match="chunks"):
+        crossfade_chunks([], 0)
+    with pytest.raises(ValueError, match="chunks"):
+        crossfade_chunks([np.zeros((2, 10))], 0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Files
+
+
+def _tone(sample_rate=48000, seconds=0.1, frequency=440.0, amplitude=0.5) -> np.ndarray:
+    t = np.arange(round(sample_rate * seconds)) / sample_rate
+    return (amplitude * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("name", "subtype", "atol"),
+    [("a.wav", "PCM_16", 2**-15), ("a.wav", "PCM_24", 2**-23), ("a.wav", "FLOAT", 0.0),
+     ("a.flac", "PCM_16", 2**-15), ("a.FLAC", "PCM_24", 2**-23)],
+)
+def test_save_load_round_trip(tmp_path, name, subtype, atol):
+    x = _tone()
+    path = save_audio(tmp_path / name, torch.from_numpy(x), 48000, subtype=subtype)
+    assert path == tmp_path / name and sf.info(path).subtype == subtype
+    y = load_audio(str(path))
+    assert y.dtype == np.float32 and y.shape == x.shape
+    np.testing.assert_allclose(y, x, atol=atol, rtol=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no sidecar, no temporary file
+
+
+def test_load_averages_channels_and_resamples(tmp_path):
+    left, right = _tone(22050, 1.0, 440.0, 0.4), _tone(22050, 1.0, 440.0, 0.2)
+    sf.write(tmp_path / "stereo.wav", np.stack([left, right], axis=1), 22050, subtype="FLOAT")
+    np.testing.assert_allclose(load_audio(tmp_path / "stereo.wav", sample_rate=22050), (left + right) / 2,
+                               atol=1e-7)
+    y = load_audio(tmp_path / "stereo.wav")  # 22.05 kHz -> 48 kHz
+    assert y.dtype == np.float32 and y.shape == (48000,)
+    spectrum = np.abs(np.fft.rfft(y))
+    assert abs(np.argmax(spectrum) * 48000 / y.size - 440.0) <= 1.0  # same pitch
+    np.testing.assert_allclose(np.abs(y[1000:-1000]).max(), 0.3, atol=0.01)  # same level
+
+
+def test_save_writes_metadata_sidecar_and_overwrites_atomically(tmp_path):
+    path = tmp_path / "take.wav"
+    save_audio(path, _tone(), 48000, metadata={"seed": 3, "temperature": [1.0, 0.8]})
+    assert json.loads(path.with_suffix(".json").read_text()) == {"seed": 3, "temperature": [1.0, 0.8]}
+    save_audio(path, _tone(amplitude=0.25), 48000)  # overwrite in place
+    np.testing.assert_allclose(np.abs(load_audio(path)).max(), 0.25, atol=1e-3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["take.json", "take.wav"]
+
+
+def test_failed_save_keeps_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "take.flac"
+    save_audio(path, _tone(), 48000)
+    before = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(audio_module.sf, "write", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_audio(path, _tone(amplitude=0.1), 48000)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["take.flac"]
+
+
+def test_save_clips_above_full_scale_with_a_warning(tmp_path):
+    with pytest.warns(UserWarning, match="full scale"):
+        save_audio(tmp_path / "loud.wav", _tone(amplitude=1.5), 48000, subtype="FLOAT")
+    assert np.abs(load_audio(tmp_path / "loud.wav")).max() == 1.0
+
+
+def test_save_errors(tmp_path):
+    good = _tone()
+    for bad in (np.full(10, np.nan, np.float32), np.array([0.0, np.inf], np.float32),
+                np.zeros((10, 2), np.float32), np.zeros(0, np.float32)):
+        with pytest.raises(ValueError, match="audio"):
+            save_audio(tmp_path / "x.wav", bad, 48000)
+    with pytest.raises(ValueError, match="PCM_8"):
+        save_audio(tmp_path / "x.wav", good, 48000, subtype="PCM_8")
+    with pytest.raises(ValueError, match="subtype"):
+        save_audio(tmp_path / "x.flac", good, 48000, subtype="FLOAT")
+    with pytest.raises(ValueError, match="x.mp3"):
+        save_audio(tmp_path / "x.mp3", good, 48000)
+    with pytest.raises(ValueError, match="sample_rate"):
+        save_audio(tmp_path / "x.wav", good, 0)
+    with pytest.raises(TypeError, match="metadata"):
+        save_audio(tmp_path / "x.wav", good, 48000, metadata={"bad": object()})
+    with pytest.raises(TypeError, match="metadata"):
+        save_audio(tmp_path / "x.wav", good, 48000, metadata=["seed", 3])
+    assert list(tmp_path.iterdir()) == []  # nothing written by any failed call
+
+
+def test_load_errors_name_the_file_and_the_cause(tmp_path):
+    valid = tmp_path / "valid.wav"
+    sf.write(valid, _tone(), 48000)
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(valid.read_bytes()[:12] + np.random.default_rng(0).bytes(200))
+    (tmp_path / "empty.wav").write_bytes(b"")
+    sf.write(tmp_path / "silent.wav", np.zeros(0, np.float32), 48000)
+    (tmp_path / "notes.wav").write_text("not audio, just text\n")
+    cases = {"missing.wav": "no such file", "corrupt.wav": "", "empty.wav": "", "silent.wav": "no audio",
+             "notes.wav": ""}
+    for name, cause in cases.items():
+        with pytest.raises(AudioFileError, match=name) as info:
+            load_audio(tmp_path / name)
+        assert cause in str(info.value)
+    with pytest.raises(AudioFileError, match="no such file"):
+        load_audio(tmp_path)  # a folder is not an audio file
+    with pytest.raises(ValueError, match="sample_rate"):
+        load_audio(valid, sample_rate=-1)
