@@ -1,0 +1,317 @@
+"""Training: losses fall, runs are deterministic, checkpoints resume exactly and survive crashes, DDP, CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from distill_nb import cli
+from distill_nb.audio import Spectrogram, SpectrogramConfig
+from distill_nb.corpus import build_corpus, demo_corpus, write_demo_folder
+from distill_nb.model_file import load_model, save_model
+from distill_nb.prior import PriorConfig
+from distill_nb.training import (
+    CheckpointError,
+    EpochRecord,
+    TrainingHistory,
+    _memorisation_warning,
+    read_checkpoint,
+    train_model,
+    train_prior,
+    train_vqvae,
+)
+from distill_nb.vqvae import VQVAEConfig
+
+# A tiny world: 16 kHz, 16 mel bands, 63 frames -> a 1 x 4 grid, 3 levels, 8 codes, 12 tokens per chunk.
+SPEC = Spectrogram(SpectrogramConfig(sample_rate=16000, n_fft=512, hop_length=256, n_mels=16))
+VQ = VQVAEConfig(n_mels=16, channels=(4, 8, 8, 8), code_dim=8, codebook_size=8)
+PRIOR = PriorConfig(codebook_size=8, num_quantizers=3, seq_len=12, d_model=16, n_layers=1, n_heads=2, dropout=0.1)
+FAST = dict(spectrogram=SPEC, steps_per_epoch=4, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return demo_corpus(seed=0, seconds=40.0, sample_rate=16000)  # 10 phrases, one held out
+
+
+@pytest.fixture(scope="module")
+def vqvae(corpus):
+    model, _ = train_vqvae(corpus, VQ, epochs=2, **FAST)
+    return model
+
+
+def _state(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def _assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+class _InterruptAt:
+    """A progress callback that raises KeyboardInterrupt at the first message containing ``text``."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def __call__(self, fraction, message):
+        if self.text in message:
+            raise KeyboardInterrupt
+
+
+def test_vqvae_training_lowers_the_loss_and_leaves_the_global_rng_alone(corpus):
+    rng_before = torch.get_rng_state()
+    calls = []
+    model, history = train_vqvae(corpus, VQ, epochs=4, lr=3e-3, progress=lambda f, m: calls.append((f, m)),
+                                 **FAST)
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    losses = [r.val_loss for r in history.epochs]
+    assert len(losses) == 4 and min(losses[1:]) < losses[0]
+    assert history.best_epoch == int(np.argmin(losses)) + 1
+    assert not model.training
+    assert model.config.input_mean < -1 and model.config.input_std > 0.5  # log-mel statistics, not defaults
+    assert len(history.codebook_health) == 3 and len(history.epochs[0].codebook_utilisation) == 3
+    fractions = [f for f, _ in calls]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+    assert any("VQ-VAE epoch 4/4" in m for _, m in calls)
+    assert TrainingHistory.from_dict(history.to_dict()) == history
+
+
+def test_prior_training_lowers_the_loss(corpus, vqvae):
+    prior, history = train_prior(vqvae, corpus, PRIOR, epochs=3, lr=3e-3, **FAST)
+    losses = [r.val_loss for r in history.epochs]
+    assert min(losses[1:]) < losses[0]
+    for record in history.epochs:
+        assert record.val_perplexity == pytest.approx(math.exp(record.val_loss))
+        assert record.train_perplexity == pytest.approx(math.exp(record.train_loss))
+    assert not prior.training and history.stage == "prior"
+
+
+def test_another_seed_gives_other_weights(corpus, vqvae):
+    # The same seed gives the same weights: see the resume tests, which compare separate runs.
+    other, _ = train_vqvae(corpus, VQ, epochs=2, seed=4, **FAST)
+    assert not torch.equal(vqvae.decoder[-1].weight, other.decoder[-1].weight)
+
+
+def test_vqvae_interrupted_and_resumed_equals_uninterrupted(corpus, tmp_path):
+    reference, reference_history = train_vqvae(corpus, VQ, epochs=3, seed=1, **FAST)
+    path = tmp_path / "vq.ckpt"
+    with pytest.raises(KeyboardInterrupt):  # in the middle of epoch 2: epoch 1 is saved
+        train_vqvae(corpus, VQ, epochs=3, seed=1, checkpoint_path=path, progress=_InterruptAt("epoch 2/3 step 2/"),
+                    **FAST)
+    assert read_checkpoint(path).epoch == 1
+    resumed, history = train_vqvae(corpus, VQ, epochs=3, seed=1, checkpoint_path=path, resume=path, **FAST)
+    _assert_same_state(_state(reference), _state(resumed))
+    assert [r.val_loss for r in history.epochs] == [r.val_loss for r in reference_history.epochs]
+    assert read_checkpoint(path).epoch == 3
+
+
+def test_prior_interrupted_at_an_epoch_end_and_resumed_equals_uninterrupted(corpus, vqvae, tmp_path):
+    reference, _ = train_prior(vqvae, corpus, PRIOR, epochs=3, seed=2, **FAST)  # dropout draws random numbers
+    path = tmp_path / "prior.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        train_prior(vqvae, corpus, PRIOR, epochs=3, seed=2, checkpoint_path=path, checkpoint_every=5,
+                    progress=_InterruptAt("epoch 2/3: train"), **FAST)
+    assert read_checkpoint(path).epoch == 2  # written on the interrupt although not due before epoch 5
+    resumed, _ = train_prior(vqvae, corpus, PRIOR, seed=2, resume=path, **FAST)  # epochs: the checkpoint's
+    _assert_same_state(_state(reference), _state(resumed))
+
+
+def test_resume_refuses_another_run(corpus, vqvae, tmp_path):
+    path = tmp_path / "vq.ckpt"
+    train_vqvae(corpus, VQ, epochs=1, checkpoint_path=path, **FAST)
+    with pytest.raises(ValueError, match="seed"):
+        train_vqvae(corpus, VQ, epochs=1, seed=9, resume=path, **FAST)
+    with pytest.raises(ValueError, match="vqvae checkpoint, not a prior"):
+        train_prior(vqvae, corpus, PRIOR, resume=path, **FAST)
+    (tmp_path / "junk.ckpt").write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.ckpt"):
+        read_checkpoint(tmp_path / "junk.ckpt")
+
+
+def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(corpus, tmp_path, monkeypatch):
+    path = tmp_path / "vq.ckpt"
+    real_replace = os.replace
+    calls = []
+
+    def flaky_replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # the checkpoint of epoch 2
+            raise OSError("simulated crash while renaming")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", flaky_replace)
+    with pytest.raises(OSError, match="simulated crash"):
+        train_vqvae(corpus, VQ, epochs=3, seed=5, checkpoint_path=path, **FAST)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert read_checkpoint(path).epoch == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vq.ckpt"]  # no temporary file left behind
+    _, history = train_vqvae(corpus, VQ, epochs=3, seed=5, checkpoint_path=path, resume=path, **FAST)
+    assert [r.epoch for r in history.epochs] == [1, 2, 3]
+
+
+def test_low_codebook_utilisation_warns(corpus):
+    # 2 chunks x 4 positions = 8 vectors per batch for 64 codes: most codes stay below the dead threshold.
+    big_codebook = dataclasses.replace(VQ, codebook_size=64)
+    with pytest.warns(RuntimeWarning, match=r"codebook level \d uses only"):
+        _, history = train_vqvae(corpus, big_codebook, epochs=1, spectrogram=SPEC, steps_per_epoch=3, batch_size=2)
+    assert any("codebook level" in w for w in history.warnings)
+
+
+def test_memorisation_warning_rule():
+    def history(train_ppl, val_ppl):
+        records = [EpochRecord(epoch=i + 1, train_loss=math.log(t), val_loss=math.log(v), lr=1e-3, seconds=1.0,
+                               train_perplexity=t, val_perplexity=v) for i, (t, v) in enumerate(zip(train_ppl, val_ppl))]
+        return TrainingHistory(stage="prior", epochs=records, best_epoch=1)
+
+    assert _memorisation_warning(history([3.0, 2.0, 1.6], [3.5, 3.2, 3.4])) is None
+    message = _memorisation_warning(history([3.0, 1.8, 1.3], [3.5, 3.2, 4.1]))
+    assert "epoch 3" in message and "1.30" in message and "4.10" in message
+
+
+def test_train_model_fills_metadata_saves_and_resumes_in_the_prior_stage(corpus, tmp_path):
+    settings = dict(vqvae_epochs=1, prior_epochs=2, name="tiny", **FAST)
+    loaded, histories = train_model(corpus, VQ, PRIOR, **settings)
+    assert set(histories) == {"vqvae", "prior"}
+    meta = loaded.metadata
+    assert meta["name"] == "tiny" and re.match(r"\d{4}-\d\d-\d\dT", meta["created"])
+    assert meta["training"]["vqvae"]["epochs"][0]["epoch"] == 1
+    assert meta["training"]["corpus"]["files"] == 10
+    counts = loaded.train_code_counts
+    n_chunks = len(corpus.fixed_chunks("train"))
+    assert counts.shape == (3, 8) and counts.dtype == torch.long
+    assert torch.all(counts.sum(dim=1) == n_chunks * 4)  # 4 positions per chunk, every level
+    again = load_model(save_model(loaded, tmp_path / "tiny.distill"))
+    assert again.metadata == meta and torch.equal(again.train_code_counts, counts)
+
+    path = tmp_path / "run.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        train_model(corpus, VQ, PRIOR, checkpoint_path=path, progress=_InterruptAt("prior epoch 2/2 step 1/"),
+                    **settings)
+    assert read_checkpoint(path).stage == "prior"
+    resumed, resumed_histories = train_model(corpus, VQ, PRIOR, checkpoint_path=path, resume=path, **settings)
+    _assert_same_state(_state(loaded.model), _state(resumed.model))
+    _assert_same_state(_state(loaded.prior), _state(resumed.prior))
+    assert resumed_histories["vqvae"].epochs[0].val_loss == histories["vqvae"].epochs[0].val_loss
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+DDP_SCRIPT = """
+    import hashlib, sys
+    import torch
+    from distill_nb.audio import Spectrogram, SpectrogramConfig
+    from distill_nb.corpus import demo_corpus
+    from distill_nb.model_file import save_model
+    from distill_nb.prior import PriorConfig
+    from distill_nb.training import is_main_process, train_model
+    from distill_nb.vqvae import VQVAEConfig
+
+    out = sys.argv[1]
+    spec = Spectrogram(SpectrogramConfig(sample_rate=16000, n_fft=512, hop_length=256, n_mels=16))
+    corpus = demo_corpus(seed=0, seconds=40.0, sample_rate=16000)
+    loaded, _ = train_model(
+        corpus, VQVAEConfig(n_mels=16, channels=(4, 8, 8, 8), code_dim=8, codebook_size=8),
+        PriorConfig(codebook_size=8, seq_len=12, d_model=16, n_layers=1, n_heads=2),
+        vqvae_epochs=1, prior_epochs=1, spectrogram=spec, steps_per_epoch=3, batch_size=4,
+        checkpoint_path=out + "/run.ckpt")
+    digest = hashlib.sha256()
+    for module in (loaded.model, loaded.prior):
+        for key, value in sorted(module.state_dict().items()):
+            digest.update(key.encode() + value.numpy().tobytes())
+    print("DIGEST", torch.distributed.get_rank(), digest.hexdigest(), flush=True)
+    if is_main_process():
+        save_model(loaded, out + "/model.distill")
+"""
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu_trains_identical_replicas_and_writes_once(tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT))
+    out = tmp_path / "out"
+    out.mkdir()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(_free_port()), str(script), str(out)],
+        capture_output=True, text=True, timeout=240, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    digests = dict(re.findall(r"DIGEST (\d) ([0-9a-f]+)", result.stdout))
+    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.distill", "run.ckpt"]
+    assert load_model(out / "model.distill").metadata["training"]["processes"] == 2
+
+
+@pytest.fixture
+def sound_folder(tmp_path):
+    folder = tmp_path / "sounds"
+    write_demo_folder(folder, seed=2, seconds=10.0)
+    (folder / "broken.wav").write_text("not audio")
+    soundfile.write(folder / "quiet.wav", np.zeros(4800, dtype=np.float32), 48000)
+    return folder
+
+
+def test_a_folder_of_good_and_bad_files_trains_on_the_good_ones(tmp_path):
+    write_demo_folder(tmp_path, seed=3, seconds=12.0, sample_rate=16000)
+    tone = 0.5 * np.sin(np.linspace(0, 2000, 24000)).astype(np.float32)
+    soundfile.write(tmp_path / "stereo.wav", np.stack([tone, 0.5 * tone], axis=1), 16000)
+    soundfile.write(tmp_path / "low_rate.wav", tone, 22050)
+    soundfile.write(tmp_path / "silent.wav", np.zeros(16000, dtype=np.float32), 16000)
+    soundfile.write(tmp_path / "empty.wav", np.zeros(0, dtype=np.float32), 16000)
+    (tmp_path / "corrupt.flac").write_bytes(b"fLaC" + bytes(100))
+    (tmp_path / "text.wav").write_text("a text file renamed to .wav")
+    corpus = build_corpus(tmp_path, sample_rate=16000)
+    assert sorted(set(corpus.train_files + corpus.val_files)) == [
+        "low_rate.wav", "phrase_000.wav", "phrase_001.wav", "phrase_002.wav", "stereo.wav"]
+    assert sorted(item.path for item in corpus.skipped) == ["corrupt.flac", "empty.wav", "silent.wav", "text.wav"]
+    loaded, histories = train_model(corpus, VQ, PRIOR, vqvae_epochs=1, prior_epochs=1, **FAST)
+    assert math.isfinite(histories["prior"].epochs[0].val_loss)
+    assert loaded.metadata["training"]["corpus"]["skipped"] == 4
+
+
+def test_cli_train_then_info(sound_folder, tmp_path, capsys):
+    out = tmp_path / "model.distill"
+    code = cli.main(["train", str(sound_folder), "-o", str(out), "--config", "small", "--epochs", "1",
+                     "--prior-epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "broken.wav: could not be read" in printed and "quiet.wav: silent" in printed
+    assert "VQ-VAE" in printed and "perplexity" in printed and "codebook level 0" in printed
+    assert out.is_file() and (tmp_path / "model.ckpt").is_file()
+
+    assert cli.main(["info", str(out)]) == 0
+    info = capsys.readouterr().out
+    assert "model.distill" in info and "parameters" in info and "codebook_size=16" in info
+    assert "level 2:" in info and "prior:" in info
+
+
+def test_cli_info_on_a_bad_file_is_one_line_and_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.distill"
+    bad.write_bytes(b"\x00" * 64)
+    assert cli.main(["info", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad.distill" in err
+
+
+def test_cli_train_on_a_folder_without_audio_fails_cleanly(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["train", str(tmp_path / "empty"), "-o", str(tmp_path / "m.distill")]) == 2
+    assert "no audio files" in capsys.readouterr().err
