@@ -148,15 +148,28 @@ def _metadata_json(metadata: Mapping) -> str:
 
 
 def _write_atomically(path: Path, write: Callable[[str], object]) -> None:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it into place."""
+    """Call ``write(tmp_path)`` on a temporary file next to ``path``, fsync it, then rename it into place.
+
+    A crash at any point leaves either the old file or the new one, never half a file. The file gets the
+    permissions an ordinary ``open(path, "w")`` would give it (mkstemp's are owner-only).
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _write_bytes_atomically(path: Path, data: bytes) -> None:
+    _write_atomically(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 # --------------------------------------------------------------------------------------------------

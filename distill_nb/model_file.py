@@ -23,7 +23,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from distill_nb.audio import Spectrogram, SpectrogramConfig, _write_atomically
+from distill_nb.audio import Spectrogram, SpectrogramConfig, _write_bytes_atomically
 from distill_nb.prior import CodePrior, PriorConfig
 from distill_nb.vqvae import ConvVQVAE, VQVAEConfig
 
@@ -113,13 +113,6 @@ def _tensors(module: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
             for key, value in module.state_dict().items()}
 
 
-def _write_synced(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def save_model(loaded: LoadedVQModel, path: str | os.PathLike) -> Path:
     """Write ``loaded`` to one safetensors file at ``path``, atomically.
 
@@ -155,7 +148,7 @@ def save_model(loaded: LoadedVQModel, path: str | os.PathLike) -> Path:
     if loaded.train_code_counts is not None:
         tensors[_COUNTS_KEY] = loaded.train_code_counts.detach().to("cpu", copy=True).contiguous()
     data = safetensors.torch.save(tensors, metadata=header)
-    _write_atomically(path, lambda tmp: _write_synced(tmp, data))
+    _write_bytes_atomically(path, data)
     return path
 
 

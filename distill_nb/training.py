@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from distill_nb.audio import Spectrogram, SpectrogramConfig, _write_atomically
+from distill_nb.audio import Spectrogram, SpectrogramConfig, _write_bytes_atomically
 from distill_nb.corpus import Corpus, demo_corpus
 from distill_nb.model_file import LoadedVQModel, save_model
 from distill_nb.prior import CodePrior, PriorConfig, extract_code_sequences, flatten_codes
@@ -551,15 +551,7 @@ def _checkpoint_payload(
 
 
 def _write_checkpoint(path: pathlib.Path, payload: tuple[dict[str, torch.Tensor], dict[str, str]]) -> None:
-    data = safetensors.torch.save(*payload)
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-
-    _write_atomically(path, write)
+    _write_bytes_atomically(path, safetensors.torch.save(*payload))
 
 
 def _restore(checkpoint: Checkpoint, run: dict[str, Any], model: nn.Module,

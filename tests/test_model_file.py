@@ -5,6 +5,7 @@ import json
 import math
 import os
 import pickle
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,13 @@ def test_file_is_plain_safetensors_with_the_documented_layout(saved):
     assert json.loads(meta["metadata"])["name"] == "tiny"
     assert "stats.train_code_counts" in keys
     assert all(k.startswith(("vqvae.", "prior.")) for k in keys - {"stats.train_code_counts"})
+
+
+def test_saved_file_gets_ordinary_permissions(saved):
+    # The temporary file comes from mkstemp (owner-only); the model file must be readable like any other.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o666 & ~umask
 
 
 def test_model_without_prior_or_counts_round_trips(loaded, tmp_path):
