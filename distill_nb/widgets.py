@@ -78,7 +78,7 @@ class GeneratorPanel:
                                             description="Duration (s)", style=_WIDE_LABEL)
         self.crossfade = widgets.IntSlider(value=50, min=0, max=200, step=5,
                                            description="Crossfade (ms)", style=_WIDE_LABEL)
-        self.mode = widgets.ToggleButtons(options=list(MODES), value=MODES[0], description="Mode",
+        self.mode = widgets.ToggleButtons(options=list(MODES), value=GenerationSettings.mode, description="Mode",
                                           style=_WIDE_LABEL)
         self.seed = widgets.BoundedIntText(value=seed, min=0, max=MAX_SEED, description="Seed",
                                            style=_WIDE_LABEL)
@@ -103,6 +103,7 @@ class GeneratorPanel:
         self.randomize_button.on_click(lambda _button: self.randomize_seed())
         self.save_button.on_click(lambda _button: self.save())
         self.mode.observe(self._on_mode_change, names="value")
+        self.crossfade.disabled = self.mode.value == "continuation"
 
         # Hidden until the first take, so an empty player and empty images never show.
         self.take_box = widgets.VBox(

@@ -23,7 +23,7 @@ from distill_nb.sampling import sample_codes
 
 SR, CHUNK = TINY_SR, TINY_SR
 H, W, Q, K = TINY_H, TINY_W, TINY_Q, TINY_K
-FAST = dict(griffin_lim_iters=2)
+FAST = dict(griffin_lim_iters=2, mode="independent")  # most tests are about independent chunks
 
 
 @pytest.fixture(scope="module")

@@ -88,7 +88,9 @@ def test_controls_have_the_documented_ranges_and_defaults(panel):
         assert (control.min, control.max, control.value) == (low, high, default), control.description
     assert (panel.duration.min, panel.duration.max) == (1.0, 30.0)
     assert GeneratorPanel(panel.loaded).duration.value == 10.0
-    assert panel.mode.options == ("independent", "continuation") and panel.mode.value == "independent"
+    # The panel starts on the library's default mode, in which the crossfade slider does not apply.
+    assert panel.mode.options == ("independent", "continuation") and panel.mode.value == "continuation"
+    assert panel.crossfade.disabled
 
 
 def test_clicking_generate_makes_a_take_with_the_controls_settings(panel):
@@ -97,7 +99,9 @@ def test_clicking_generate_makes_a_take_with_the_controls_settings(panel):
     panel.top_p.value = 0.5
     panel.min_p.value = 0.05
     panel.duration.value = 1.5
+    panel.mode.value = "independent"
     panel.crossfade.value = 100
+    assert not panel.crossfade.disabled
     button_states = []
     panel.generate_button.observe(lambda change: button_states.append(change["new"]), names="disabled")
 
