@@ -14,7 +14,7 @@ IPYW7_STAMP := $(IPYW7)/.installed
 # only adds waiting, and the numbers the notebooks print (compared by nbval) depend on the thread count.
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
-.PHONY: test test-unit test-widgets7 test-notebooks lab demo bench default-model clean
+.PHONY: test test-unit test-widgets7 test-notebooks notebooks lab demo bench default-model clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ test-notebooks: $(STAMP)
 		$(TEST_ENV) $(PY) -m pytest --nbval notebooks --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -q -p no:cacheprovider; \
 	else echo "no notebooks yet"; fi
 
+# Re-execute the notebooks after a change that moves what they print (e.g. a retrained default model).
+notebooks: $(STAMP)
+	$(TEST_ENV) $(PY) notebooks/execute.py notebooks/0*.ipynb
+
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --ip 127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root,) --notebook-dir notebooks $(if $(wildcard notebooks/01_quickstart.ipynb),01_quickstart.ipynb,)
 
@@ -52,6 +56,8 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/audio_bench.py
 	$(PY) bench/sampling_bench.py
+	$(PY) bench/seam_bench.py
+	$(PY) bench/model_quality.py
 
 default-model: $(STAMP)
 	$(PY) -m distill_nb train-default

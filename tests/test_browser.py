@@ -246,6 +246,4 @@ def assert_panel_generates_audio(notebook_dir: Path, notebook: str, tmp_path: Pa
 
 
 def test_quickstart_panel_generates_playable_audio(tmp_path: Path) -> None:
-    if not (NOTEBOOKS_DIR / QUICKSTART).exists():
-        pytest.skip("quickstart notebook not written yet")
     assert_panel_generates_audio(NOTEBOOKS_DIR, QUICKSTART, tmp_path)
