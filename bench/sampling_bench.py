@@ -1,9 +1,15 @@
-"""Seconds to sample the codes of 10 one-second chunks: seed-style sampler vs ours, on the same weights.
+"""Seconds to sample the codes of 10 one-second chunks, and 10 s of audio end to end: seed-style vs ours.
 
     .venv/bin/python bench/sampling_bench.py [--repeats 3] [--threads N]
 
+Sampling rows, on the same weights:
 seed-style: a full forward pass every step, batch 1, chunk after chunk (sample_codes_full_forward).
 ours:       all 10 chunks in one batch through the KV cache (sample_codes).
+End-to-end rows (10 s of audio; needs the bundled model):
+seed-style: that sampler, then per chunk decode + 128-iteration Griffin-Lim, then a 50 ms crossfade.
+ours:       generation.generate with the default settings (32 fast Griffin-Lim iterations, batched),
+            in "independent" mode (all chunks in one batch) and in "continuation" mode (the default:
+            chunk after chunk, each primed by the previous one).
 The prior is the bundled default model's if distill_nb/data/default.distill exists (and --random-init is
 not given), else a randomly initialised default-sized one (codebook 128, d_model 256, 4 layers, 4 heads,
 seq_len 144); eval mode either way.
@@ -15,22 +21,22 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-import distill_nb
-from distill_nb.prior import CodePrior, PriorConfig
+from distill_nb.audio import crossfade_chunks
+from distill_nb.generation import GenerationSettings, generate
+from distill_nb.model_file import DEFAULT_MODEL_PATH, LoadedVQModel, load_default_model
+from distill_nb.prior import CodePrior, PriorConfig, unflatten_codes
 from distill_nb.sampling import sample_codes, sample_codes_full_forward
 
 NUM_CHUNKS = 10
-DEFAULT_MODEL_PATH = Path(distill_nb.__file__).parent / "data" / "default.distill"
+SEED_STYLE_GRIFFIN_LIM_ITERS = 128
+SEED_STYLE_OVERLAP = 2400  # 50 ms at 48 kHz
 
 
 def load_prior(random_init: bool) -> tuple[CodePrior, str]:
     if DEFAULT_MODEL_PATH.exists() and not random_init:
-        from distill_nb.model_file import load_default_model  # noqa: PLC0415  (written by another module)
-
         prior = load_default_model().prior
         if prior is not None:
             return prior.eval(), f"bundled model {DEFAULT_MODEL_PATH.name}"
@@ -43,6 +49,39 @@ def seconds(run: Callable[[], object]) -> float:
     start = time.perf_counter()
     run()
     return time.perf_counter() - start
+
+
+def seed_style_audio(loaded: LoadedVQModel, seed: int) -> None:
+    """10 s the seed's way: chunk after chunk, full-forward sampling, 128 Griffin-Lim iterations each."""
+    chunks = []
+    frames = loaded.spectrogram.get_mel_shape(loaded.chunk_samples)[1]
+    for i in range(NUM_CHUNKS + 1):  # 11 chunks with 50 ms overlaps cover 10 s
+        flat = sample_codes_full_forward(loaded.prior, 1, [seed + i])
+        with torch.inference_mode():
+            mel = loaded.model.decode_codes(unflatten_codes(flat, loaded.prior.num_quantizers), frames)
+            chunks.append(loaded.spectrogram.mel_to_waveform(
+                mel, n_iter=SEED_STYLE_GRIFFIN_LIM_ITERS, length=loaded.chunk_samples,
+                generator=torch.Generator().manual_seed(seed + i))[0])
+    crossfade_chunks(chunks, SEED_STYLE_OVERLAP)[: NUM_CHUNKS * loaded.chunk_samples]
+
+
+def end_to_end_rows(repeats: int) -> None:
+    loaded = load_default_model()
+    runs = {
+        "seed-style: full forward, batch 1, GL 128 per chunk": lambda: seed_style_audio(loaded, 0),
+        "ours: independent, one batch, fast GL 32": lambda: generate(
+            loaded, GenerationSettings(duration_s=10.0, mode="independent"), seed=0),
+        "ours: continuation (default), fast GL 32": lambda: generate(
+            loaded, GenerationSettings(duration_s=10.0), seed=0),
+    }
+    for run in runs.values():  # warm-up
+        run()
+    times = [{name: seconds(run) for name, run in runs.items()} for _ in range(repeats)]
+    medians = {name: statistics.median(t[name] for t in times) for name in runs}
+    baseline = medians[next(iter(runs))]
+    print(f"\n{'10 s of audio, end to end':<52} {'median s':>9} {'speed-up':>9}")
+    for name, median in medians.items():
+        print(f"{name:<52} {median:>9.3f} {baseline / median:>8.1f}x")
 
 
 def main() -> None:
@@ -78,6 +117,8 @@ def main() -> None:
     print(f"\n{'sampler (codes of 10 one-second chunks)':<52} {'median s':>9} {'speed-up':>9}")
     print(f"{'seed-style: full forward each step, batch 1':<52} {seed_s:>9.3f} {1.0:>8.1f}x")
     print(f"{'ours: KV cache, batch 10':<52} {ours_s:>9.3f} {seed_s / ours_s:>8.1f}x")
+    if DEFAULT_MODEL_PATH.exists() and not args.random_init:
+        end_to_end_rows(args.repeats)
 
 
 if __name__ == "__main__":

@@ -166,8 +166,11 @@ def _check_header(path: Path) -> None:
             raise ModelFileError(f"{path}: not a safetensors file (its header is not a JSON object)")
 
 
-def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """Metadata and tensors of a safetensors file, on the CPU."""
+def read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Metadata and tensors of a safetensors file, on the CPU (also used for training checkpoints).
+
+    ModelFileError if it is not one; nothing in the file is ever executed.
+    """
     _check_header(path)
     try:
         with safetensors.safe_open(str(path), framework="pt", device="cpu") as f:
@@ -213,7 +216,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
     device = torch.device(device)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
-    metadata, tensors = _read(path)
+    metadata, tensors = read_safetensors(path)
     if metadata.get("format") != FORMAT_NAME:
         raise ModelFileError(f"{path}: unknown format {metadata.get('format')!r}, expected {FORMAT_NAME!r}")
     if metadata.get("format_version") != FORMAT_VERSION:

@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import safetensors
 import safetensors.torch
 import torch
 import torch.distributed as dist
@@ -48,7 +47,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from distill_nb.audio import Spectrogram, SpectrogramConfig, _write_bytes_atomically
 from distill_nb.corpus import Corpus, demo_corpus
-from distill_nb.model_file import LoadedVQModel, save_model
+from distill_nb.model_file import LoadedVQModel, ModelFileError, read_safetensors, save_model
 from distill_nb.prior import CodePrior, PriorConfig, extract_code_sequences, flatten_codes
 from distill_nb.vqvae import CodebookHealth, ConvVQVAE, VQVAEConfig
 
@@ -513,11 +512,9 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        with safetensors.safe_open(str(path), framework="pt", device="cpu") as f:
-            header = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except (safetensors.SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise CheckpointError(f"{path}: not a safetensors checkpoint ({error})") from error
+        header, tensors = read_safetensors(path)
+    except ModelFileError as error:
+        raise CheckpointError(f"not a distill_nb checkpoint: {error}") from error
     if header.get("format") != CHECKPOINT_FORMAT or header.get("format_version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path}: not a distill_nb checkpoint (format {header.get('format')!r}, "
                               f"version {header.get('format_version')!r})")
