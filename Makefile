@@ -51,6 +51,7 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --ip 127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root,) --notebook-dir notebooks $(if $(wildcard notebooks/01_quickstart.ipynb),01_quickstart.ipynb,)
 
 demo: $(STAMP)
+	mkdir -p out
 	$(PY) -m distill_nb generate --duration 10 --seed 1234 -o out/demo.wav
 
 bench: $(STAMP)
