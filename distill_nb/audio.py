@@ -373,21 +373,25 @@ class Spectrogram:
         """Non-negative least squares ``filterbank @ x ~= power_mel``, x >= 0, by preconditioned FISTA.
 
         Warm-started from the clamped pseudo-inverse (like librosa's NNLS, whose L-BFGS-B
-        refinement this replaces); [B, n_mels, frames] -> [B, bins, frames].
+        refinement this replaces); [B, n_mels, frames] -> [B, bins, frames]. Each chunk stops on
+        its own, so its result does not depend on the rest of the batch.
         """
         fb = bases.filterbank
         x = (bases.pinv @ power_mel).clamp_min(0.0)
         y, t = x, 1.0
         scale = torch.linalg.vector_norm(power_mel, dim=(1, 2)).clamp_min(torch.finfo(torch.float32).tiny)
-        previous_residual = math.inf
+        previous_residual = torch.full_like(scale, math.inf)
+        active = torch.ones_like(scale, dtype=torch.bool)  # [B] chunks still iterating
         for step in range(1, _NNLS_MAX_STEPS + 1):
             error = fb @ y - power_mel
             if step % _NNLS_CHECK_EVERY == 0:  # the residual at y is free here: no extra matmul
-                residual = float((torch.linalg.vector_norm(error, dim=(1, 2)) / scale).max())
-                if residual < _NNLS_TOLERANCE or residual > _NNLS_STALL * previous_residual:
+                residual = torch.linalg.vector_norm(error, dim=(1, 2)) / scale
+                active &= (residual >= _NNLS_TOLERANCE) & (residual <= _NNLS_STALL * previous_residual)
+                if not active.any():
                     break
                 previous_residual = residual
             x_next = (y - bases.step * (fb.T @ error)).clamp_min(0.0)
+            x_next = torch.where(active[:, None, None], x_next, x)  # a stopped chunk keeps its x (and y = x)
             t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
             y = x_next + ((t - 1.0) / t_next) * (x_next - x)
             x, t = x_next, t_next

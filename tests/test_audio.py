@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import warnings
 
 import librosa
@@ -183,6 +184,17 @@ def test_nnls_recovers_the_linear_power_of_a_real_mel():
     assert residual(linear) < 1e-3 < residual((bases.pinv @ power_mel).clamp_min(0))
 
 
+def test_nnls_result_of_a_chunk_does_not_depend_on_the_batch():
+    spectrogram = Spectrogram()
+    bases = spectrogram._bases_on(torch.device("cpu"))
+    batch = np.stack(list(_signals(48000, 0.25).values()))  # chunks that converge at different speeds
+    power_mel = torch.exp(spectrogram.waveform_to_mel(batch)) - spectrogram.config.log_floor
+    together = spectrogram._mel_power_to_linear(power_mel, bases)
+    for row, mel in zip(together, power_mel):
+        alone = spectrogram._mel_power_to_linear(mel[None], bases)[0]
+        torch.testing.assert_close(row, alone, rtol=0, atol=1e-6 * float(alone.max()))
+
+
 # --------------------------------------------------------------------------------------------------
 # SpectrogramConfig
 
@@ -327,6 +339,9 @@ def test_save_writes_metadata_sidecar_and_overwrites_atomically(tmp_path):
     save_audio(path, _tone(amplitude=0.25), 48000)  # overwrite in place
     np.testing.assert_allclose(np.abs(load_audio(path)).max(), 0.25, atol=1e-3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["take.json", "take.wav"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not a temporary file's private 0600
 
 
 def test_failed_save_keeps_the_old_file_and_no_temporary(tmp_path, monkeypatch):
