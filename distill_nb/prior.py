@@ -93,6 +93,7 @@ class KVCache:
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0
+        self.step_weights: list[tuple[torch.Tensor, ...]] | None = None  # filled by CodePrior.step
 
     @property
     def batch_size(self) -> int:
@@ -276,6 +277,41 @@ class CodePrior(nn.Module):
             x = block(x, cache, mask)
         cache.length = offset + t
         return self.head(self.final_norm(x[:, -1])).float()
+
+    def step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """`next_logits` for exactly one new token per row, tokens long [B], in eval mode, unchecked.
+
+        The sampling loop's inner step: the computation of `Block.forward` with a cache, written as
+        functional calls on the same weights, because at the small batches of sampling a step costs its
+        number of calls, not its arithmetic. The cache must already hold the start token (feed the prefix
+        with `next_logits` first) and the tokens must be valid codes.
+        """
+        if cache.step_weights is None:  # attribute lookups on modules cost more than the small ops
+            cache.step_weights = [
+                (b.norm1.weight, b.norm1.bias, b.attn.qkv.weight, b.attn.qkv.bias, b.attn.proj.weight,
+                 b.attn.proj.bias, b.norm2.weight, b.norm2.bias, b.mlp[0].weight, b.mlp[0].bias,
+                 b.mlp[2].weight, b.mlp[2].bias)
+                for b in self.blocks
+            ]
+        position = cache.length
+        x = self.token_embedding.weight[tokens] + (
+            self.position_embedding.weight[position]
+            + self.level_embedding.weight[position % self.config.num_quantizers])
+        B, C = x.shape
+        heads, eps = self.config.n_heads, self.final_norm.eps
+        keys, values = cache.keys[:, :, :, : position + 1], cache.values[:, :, :, : position + 1]
+        for layer, (n1w, n1b, qkv_w, qkv_b, proj_w, proj_b, n2w, n2b, fc_w, fc_b, out_w, out_b) in enumerate(
+            cache.step_weights
+        ):
+            q, k, v = F.linear(F.layer_norm(x, (C,), n1w, n1b, eps), qkv_w, qkv_b).view(B, 3, heads, 1, -1).unbind(1)
+            keys[layer, :, :, position:] = k
+            values[layer, :, :, position:] = v
+            y = F.scaled_dot_product_attention(q, keys[layer], values[layer])
+            x = x + F.linear(y.reshape(B, C), proj_w, proj_b)
+            x = x + F.linear(F.gelu(F.linear(F.layer_norm(x, (C,), n2w, n2b, eps), fc_w, fc_b)), out_w, out_b)
+        cache.length = position + 1
+        x = F.layer_norm(x, (C,), self.final_norm.weight, self.final_norm.bias, eps)
+        return F.linear(x, self.head.weight, self.head.bias).float()
 
 
 def flatten_codes(codes: torch.Tensor) -> torch.Tensor:

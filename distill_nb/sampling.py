@@ -85,42 +85,84 @@ def filter_logits(
     if logits.ndim == 0 or logits.shape[-1] == 0:
         raise ValueError(f"logits must have shape [..., V] with V >= 1, got {tuple(logits.shape)}")
     scores = logits.float() / _temperature_divisor(temperature, logits)
-    if not bool(torch.isfinite(scores.amax(dim=-1)).all()):  # amax is NaN, +inf or -inf for a bad row
-        raise ValueError(
-            "logits must be finite or -inf with a finite value in every row after temperature scaling; "
-            "got NaN, +inf or an all -inf row (or a temperature so small that the scaled logits overflow)"
-        )
-    if top_k > 0:
-        kth_largest = scores.topk(min(top_k, scores.shape[-1]), dim=-1).values[..., -1:]
-        scores = scores.masked_fill(scores < kth_largest, -math.inf)
-    if 0.0 < top_p < 1.0:
-        probs, order = scores.softmax(dim=-1).sort(dim=-1, descending=True, stable=True)
-        mass_above = F.pad(probs.cumsum(dim=-1)[..., :-1], (1, 0))  # exclusive cumsum: 0 for the top token
-        remove_sorted = mass_above >= top_p
-        scores = scores.masked_fill(remove_sorted.scatter(-1, order, remove_sorted), -math.inf)
-    if min_p > 0.0:
-        probs = scores.softmax(dim=-1)
-        scores = scores.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), -math.inf)
-    return scores
+    if not bool(_finite_rows(scores).all()):
+        raise ValueError(_NON_FINITE)
+    return _filter_scaled(scores, top_k, top_p, min_p)
 
 
-def _inverse_cdf(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-    """Token [B] (long) whose CDF interval holds uniforms [B] in [0, 1), per row of logits [B, V].
+_NON_FINITE = (
+    "logits must be finite or -inf with a finite value in every row after temperature scaling; "
+    "got NaN, +inf or an all -inf row (or a temperature so small that the scaled logits overflow)"
+)
 
-    Token j is chosen iff cdf[j - 1] <= u * cdf[-1] < cdf[j]: probability p_j, never a removed token
-    (an empty interval), and scaling by cdf[-1] keeps a cdf that rounds below 1 from running off the end.
+
+def _finite_rows(scores: torch.Tensor) -> torch.Tensor:
+    """bool [...]: the row's largest score is finite (it is NaN, +inf or -inf for a bad row)."""
+    return torch.isfinite(scores.amax(dim=-1))
+
+
+def _top_k(scores: torch.Tensor, top_k: int) -> torch.Tensor:
+    if top_k == 0:
+        return scores
+    kth_largest = scores.topk(min(top_k, scores.shape[-1]), dim=-1).values[..., -1:]
+    return scores.masked_fill(scores < kth_largest, -math.inf)
+
+
+def _sorted_filtered(scores: torch.Tensor, top_p: float, min_p: float) -> tuple[torch.Tensor, ...]:
+    """top-p then min-p on scaled scores [..., V], seen in descending order of probability.
+
+    Returns (cdf, order, kept): the cumulative probabilities in that order (equal ones by token
+    index), the token at each sorted position, and long [..., 1] how many leading tokens survive.
+    Both filters keep a prefix of the order (the mass above a token only grows along it, the
+    probability only falls), so one count says what survives. min-p compares probabilities with
+    the top one, a ratio that the renormalisation after top-p leaves unchanged.
     """
-    cdf = logits.softmax(dim=-1).cumsum(dim=-1)
-    return torch.searchsorted(cdf, uniforms[:, None] * cdf[:, -1:], right=True).squeeze(-1)
+    probs, order = scores.softmax(dim=-1).sort(dim=-1, descending=True, stable=True)
+    cdf = probs.cumsum(dim=-1)
+    keep = torch.ones_like(probs, dtype=torch.bool)
+    if 0.0 < top_p < 1.0:
+        keep &= F.pad(cdf[..., :-1], (1, 0)) < top_p  # the mass above: 0 for the top token
+    if min_p > 0.0:
+        keep &= probs >= min_p * probs[..., :1]
+    # At least one: a NaN row (rejected by the callers) must still index something.
+    return cdf, order, keep.sum(dim=-1, keepdim=True).clamp_(min=1)
+
+
+def _filter_scaled(scores: torch.Tensor, top_k: int, top_p: float, min_p: float) -> torch.Tensor:
+    """top-k, top-p and min-p of `filter_logits` on temperature-scaled, checked float32 scores."""
+    scores = _top_k(scores, top_k)
+    if not (0.0 < top_p < 1.0 or min_p > 0.0):
+        return scores
+    _, order, kept = _sorted_filtered(scores, top_p, min_p)
+    removed = torch.arange(scores.shape[-1], device=scores.device) >= kept  # in sorted order
+    return scores.masked_fill(removed.scatter(-1, order, removed), -math.inf)
+
+
+def _draw(
+    scores: torch.Tensor, top_k: int, top_p: float, min_p: float, uniforms: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row of scaled scores [B, V], drawn from what `filter_logits` keeps, by inverse CDF.
+
+    The tokens are laid out in descending order of probability and row b takes the one whose
+    interval of the kept mass holds uniforms[b] in [0, 1): token j with probability p_j / kept mass,
+    never a removed token. Returns (tokens long [B], the kept mass [B, 1], NaN for a bad row).
+    """
+    cdf, order, kept = _sorted_filtered(_top_k(scores, top_k), top_p, min_p)
+    last = kept - 1
+    mass = cdf.gather(-1, last)
+    position = torch.searchsorted(cdf, uniforms[:, None] * mass, right=True)
+    # u * mass < mass, so position < kept, except when rounding lands u * mass on the last boundary.
+    return order.gather(-1, torch.minimum(position, last)).squeeze(-1), mass
 
 
 def _cached_logits(prior: CodePrior, batch_size: int, device: torch.device) -> LogitsAt:
     cache = prior.new_cache(batch_size, device)
 
     def logits_at(codes: torch.Tensor, i: int) -> torch.Tensor:
-        # The cache holds the start token and codes[:, :cache.length - 1]: feed only what it has not
-        # seen (the whole prefix on the first call, then the code sampled last).
-        return prior.next_logits(codes[:, max(cache.length - 1, 0) : i], cache)
+        # The first call feeds the start token and the whole prefix; every later one the code sampled last.
+        if cache.length == 0:
+            return prior.next_logits(codes[:, :i], cache)
+        return prior.step(codes[:, i - 1], cache)
 
     return logits_at
 
@@ -204,10 +246,16 @@ def _sample(
     try:
         with torch.inference_mode():
             logits_at = make_logits_at(prior, num_sequences, prior_device)
+            # filter_logits' filters without its per-call checks (the settings were checked above): a step
+            # costs its number of calls. A bad row makes its kept mass NaN, which sticks in the sum; it is
+            # reported once at the end instead of with a sync every step.
+            mass_sum = torch.zeros(num_sequences, 1, device=prior_device)
             for i in range(start, prior.seq_len):
-                logits = logits_at(codes, i)  # distribution of codes[:, i] given codes[:, :i]
-                logits = filter_logits(logits, temperatures[i % prior.num_quantizers], top_k, top_p, min_p)
-                codes[:, i] = _inverse_cdf(logits, uniforms[:, i])
+                scores = logits_at(codes, i) / temperatures[i % prior.num_quantizers]  # codes[:, i] | codes[:, :i]
+                codes[:, i], mass = _draw(scores, top_k, top_p, min_p, uniforms[:, i])
+                mass_sum += mass
+            if not bool(torch.isfinite(mass_sum).all()):
+                raise ValueError(f"the prior produced non-finite logits: {_NON_FINITE}")
     finally:
         prior.train(was_training)
     return codes

@@ -130,6 +130,23 @@ def test_a_prefix_fed_at_once_then_single_steps_equal_the_full_forward(prefix_le
     assert relative_error(torch.stack(steps, dim=1), full[:, prefix_length:]) < 1e-5
 
 
+@pytest.mark.parametrize("prefix_length", [0, 5])
+def test_step_equals_next_logits_and_the_full_forward(prefix_length):
+    """step, the sampling loop's unchecked one-token path, computes what next_logits and forward do."""
+    prior = make_prior()
+    tokens = random_tokens(3, 24, seed=5)
+    full = prior(tokens)
+    stepped, checked = prior.new_cache(3), prior.new_cache(3)
+    with torch.inference_mode():
+        steps = [prior.next_logits(tokens[:, :prefix_length], stepped)]
+        steps += [prior.step(tokens[:, i - 1], stepped) for i in range(prefix_length + 1, 24)]
+        prior.next_logits(tokens[:, :23], checked)
+    assert relative_error(torch.stack(steps, dim=1), full[:, prefix_length:]) < 1e-5
+    assert stepped.length == checked.length == 24
+    torch.testing.assert_close(stepped.keys, checked.keys, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stepped.values, checked.values, rtol=1e-5, atol=1e-6)
+
+
 def test_two_multi_token_feeds_equal_the_full_forward():
     prior = make_prior()
     tokens = random_tokens(2, 24, seed=4)

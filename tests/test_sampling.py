@@ -11,7 +11,7 @@ import torch
 
 from distill_nb.prior import CodePrior, PriorConfig
 from distill_nb.sampling import (
-    _inverse_cdf,
+    _draw,
     filter_logits,
     sample_code_sequence,
     sample_codes,
@@ -127,7 +127,7 @@ def test_a_row_with_one_finite_logit_survives_every_filter():
     logits = torch.tensor([-INF, 1.5, -INF, -INF])
     scores = filter_logits(logits, temperature=0.3, top_k=2, top_p=0.1, min_p=0.9)
     assert kept(scores) == [1]
-    assert _inverse_cdf(scores[None].expand(3, 4), torch.tensor([0.0, 0.5, 1 - 2**-24])).tolist() == [1, 1, 1]
+    assert draw(scores[None].expand(3, 4), torch.tensor([0.0, 0.5, 1 - 2**-24])).tolist() == [1, 1, 1]
 
 
 def test_temperature_divides_the_logits():
@@ -269,16 +269,38 @@ def test_filter_rejects_bad_logits(logits, kwargs, error):
 # --- the inverse-CDF draw -------------------------------------------------------------------------------
 
 
-def test_inverse_cdf_splits_the_unit_interval_in_proportion_to_the_probabilities():
+def draw(logits, uniforms, top_k=0, top_p=0.0, min_p=0.0):
+    return _draw(logits, top_k, top_p, min_p, uniforms)[0]
+
+
+def test_draw_splits_the_unit_interval_in_proportion_to_the_probabilities():
     logits = torch.cat([log_probs(0.125, 0.5, 0.125, 0.25), torch.tensor([-INF, -INF])])[[0, 1, 4, 2, 3, 5]]
     uniforms = (torch.arange(1024) + 0.5) / 1024
-    tokens = _inverse_cdf(logits.expand(1024, 6), uniforms)
+    tokens = draw(logits.expand(1024, 6), uniforms)
     assert torch.bincount(tokens, minlength=6).tolist() == [128, 512, 0, 128, 256, 0]
 
 
-def test_inverse_cdf_never_draws_removed_tokens_at_the_ends_of_the_interval():
+def test_draw_never_draws_removed_tokens_at_the_ends_of_the_interval():
     logits = torch.tensor([[-INF, 0.0, 1.0, -INF]]).expand(2, 4)
-    assert _inverse_cdf(logits, torch.tensor([0.0, 1 - 2**-24])).tolist() == [1, 2]
+    assert draw(logits, torch.tensor([0.0, 1 - 2**-24])).tolist() == [2, 1]  # most probable first
+    # top_p 0.5 keeps only token 2 (p = 0.73): the whole interval maps to it.
+    assert draw(logits, torch.tensor([0.0, 1 - 2**-24]), top_p=0.5).tolist() == [2, 2]
+
+
+@pytest.mark.parametrize("settings", [
+    {}, {"top_k": 3}, {"top_p": 0.7}, {"min_p": 0.2}, {"top_k": 5, "top_p": 0.9, "min_p": 0.05},
+])
+def test_draw_follows_the_distribution_filter_logits_leaves(settings):
+    """On an even grid of n uniforms each token is drawn n * p times (+-1), p from filter_logits."""
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, 10, generator=generator)
+    logits[0, 3] = logits[0, 7]  # a tie
+    n = 4096
+    uniforms = (torch.arange(n) + 0.5) / n
+    for row in logits:
+        tokens = draw(row.expand(n, -1), uniforms, **settings)
+        expected = filter_logits(row, **settings).softmax(-1) * n
+        assert (torch.bincount(tokens, minlength=10) - expected).abs().max() <= 1.0
 
 
 # --- sample_codes -------------------------------------------------------------------------------------------
