@@ -6,10 +6,16 @@ Sampling rows, on the same weights:
 seed-style: a full forward pass every step, batch 1, chunk after chunk (sample_codes_full_forward).
 ours:       all 10 chunks in one batch through the KV cache (sample_codes).
 End-to-end rows (10 s of audio; needs the bundled model):
-seed-style: that sampler, then per chunk decode + 128-iteration Griffin-Lim, then a 50 ms crossfade.
-ours:       generation.generate with the default settings (32 fast Griffin-Lim iterations, batched),
-            in "independent" mode (all chunks in one batch) and in "continuation" mode (the default:
-            chunk after chunk, each primed by the previous one).
+seed-style: that sampler, then per chunk: decode, NNLS mel -> linear magnitude, a random initial phase
+            and 128 fast Griffin-Lim iterations through torch.stft / torch.istft (torchaudio's
+            griffinlim loop), then a 50 ms crossfade.
+ours:       generation.generate with the default settings (phase-gradient start, 16 iterations of the
+            buffer-reusing Griffin-Lim, all chunks in one batch), in "independent" mode (all chunks
+            sampled in one batch) and in "continuation" mode (the default: chunk after chunk, each
+            primed by the previous one).
+Inversion rows: mel -> waveform of the 11 decoded chunks of one take, with the spectral convergence of
+the result's magnitude mel against the decoded mel it inverts (lower is better): what each end-to-end
+row spends on Griffin-Lim, and what it buys.
 The prior is the bundled default model's if distill_nb/data/default.distill exists (and --random-init is
 not given), else a randomly initialised default-sized one (codebook 128, d_model 256, 4 layers, 4 heads,
 seq_len 144); eval mode either way.
@@ -18,13 +24,14 @@ seq_len 144); eval mode either way.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
 
-from distill_nb.audio import crossfade_chunks
+from distill_nb.audio import Spectrogram, crossfade_chunks
 from distill_nb.generation import GenerationSettings, generate
 from distill_nb.model_file import DEFAULT_MODEL_PATH, LoadedVQModel, load_default_model
 from distill_nb.prior import CodePrior, PriorConfig, unflatten_codes
@@ -33,6 +40,7 @@ from distill_nb.sampling import sample_codes, sample_codes_full_forward
 NUM_CHUNKS = 10
 SEED_STYLE_GRIFFIN_LIM_ITERS = 128
 SEED_STYLE_OVERLAP = 2400  # 50 ms at 48 kHz
+DEFAULT_ITERS = GenerationSettings.griffin_lim_iters
 
 
 def load_prior(random_init: bool) -> tuple[CodePrior, str]:
@@ -51,6 +59,17 @@ def seconds(run: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def seed_style_inversion(spectrogram: Spectrogram, mel: torch.Tensor, n_iter: int, seed: int) -> torch.Tensor:
+    """log-mel [B, n_mels, frames] -> [B, chunk]: NNLS, random phase, Griffin-Lim via torch.stft/istft."""
+    with torch.inference_mode():
+        bases = spectrogram._bases_on(mel.device)
+        power_mel = (mel.exp() - spectrogram.config.log_floor).clamp_min(0.0).transpose(1, 2)
+        magnitude = spectrogram._mel_power_to_linear(power_mel, bases).sqrt()
+        phase = 2 * math.pi * torch.rand(magnitude.shape, generator=torch.Generator().manual_seed(seed))
+        return spectrogram._griffin_lim_general(magnitude, torch.polar(torch.ones_like(phase), phase), n_iter,
+                                                spectrogram.chunk_samples, bases.window)
+
+
 def seed_style_audio(loaded: LoadedVQModel, seed: int) -> None:
     """10 s the seed's way: chunk after chunk, full-forward sampling, 128 Griffin-Lim iterations each."""
     chunks = []
@@ -59,19 +78,46 @@ def seed_style_audio(loaded: LoadedVQModel, seed: int) -> None:
         flat = sample_codes_full_forward(loaded.prior, 1, [seed + i])
         with torch.inference_mode():
             mel = loaded.model.decode_codes(unflatten_codes(flat, loaded.prior.num_quantizers), frames)
-            chunks.append(loaded.spectrogram.mel_to_waveform(
-                mel, n_iter=SEED_STYLE_GRIFFIN_LIM_ITERS, length=loaded.chunk_samples,
-                generator=torch.Generator().manual_seed(seed + i))[0])
+        chunks.append(seed_style_inversion(loaded.spectrogram, mel, SEED_STYLE_GRIFFIN_LIM_ITERS, seed + i)[0])
     crossfade_chunks(chunks, SEED_STYLE_OVERLAP)[: NUM_CHUNKS * loaded.chunk_samples]
 
 
-def end_to_end_rows(repeats: int) -> None:
-    loaded = load_default_model()
+def mel_convergence(spectrogram: Spectrogram, mels: torch.Tensor, audio: torch.Tensor) -> float:
+    """||sqrt(P) - sqrt(P_hat)|| / ||sqrt(P)|| between the power mels of `mels` and of `audio`, all chunks."""
+    floor = spectrogram.config.log_floor
+    target = (mels.exp() - floor).clamp_min(0.0).sqrt()
+    rebuilt = (spectrogram.waveform_to_mel(audio).exp() - floor).clamp_min(0.0).sqrt()
+    return float(torch.linalg.norm(target - rebuilt) / torch.linalg.norm(target))
+
+
+def inversion_rows(loaded: LoadedVQModel, repeats: int) -> None:
+    spectrogram = loaded.spectrogram
+    mels = generate(loaded, GenerationSettings(duration_s=10.0, mode="independent"), seed=0).mels
+    chunk = spectrogram.chunk_samples
+    runs = {
+        "seed-style: random start, 128 via torch.stft/istft": lambda: seed_style_inversion(
+            spectrogram, mels, SEED_STYLE_GRIFFIN_LIM_ITERS, 0),
+        "random start, 32 (the previous default)": lambda: spectrogram.mel_to_waveform(
+            mels, n_iter=32, length=chunk, phase_init="random"),
+        f"ours: phase-gradient start, {DEFAULT_ITERS} (default)": lambda: spectrogram.mel_to_waveform(
+            mels, n_iter=DEFAULT_ITERS, length=chunk),
+    }
+    audio = {name: run() for name, run in runs.items()}  # warm-up, and the audio to measure
+    times = [{name: seconds(run) for name, run in runs.items()} for _ in range(repeats)]
+    print(f"\n{'mel -> waveform, 11 decoded chunks (GL iterations)':<52} {'median s':>9} {'speed-up':>9} {'mel SC':>7}")
+    baseline = None
+    for name in runs:
+        median = statistics.median(t[name] for t in times)
+        baseline = baseline or median
+        print(f"{name:<52} {median:>9.3f} {baseline / median:>8.1f}x {mel_convergence(spectrogram, mels, audio[name]):>7.3f}")
+
+
+def end_to_end_rows(loaded: LoadedVQModel, repeats: int) -> None:
     runs = {
         "seed-style: full forward, batch 1, GL 128 per chunk": lambda: seed_style_audio(loaded, 0),
-        "ours: independent, one batch, fast GL 32": lambda: generate(
+        f"ours: independent, one batch, GL {DEFAULT_ITERS}": lambda: generate(
             loaded, GenerationSettings(duration_s=10.0, mode="independent"), seed=0),
-        "ours: continuation (default), fast GL 32": lambda: generate(
+        f"ours: continuation (default), GL {DEFAULT_ITERS}": lambda: generate(
             loaded, GenerationSettings(duration_s=10.0), seed=0),
     }
     for run in runs.values():  # warm-up
@@ -118,7 +164,9 @@ def main() -> None:
     print(f"{'seed-style: full forward each step, batch 1':<52} {seed_s:>9.3f} {1.0:>8.1f}x")
     print(f"{'ours: KV cache, batch 10':<52} {ours_s:>9.3f} {seed_s / ours_s:>8.1f}x")
     if DEFAULT_MODEL_PATH.exists() and not args.random_init:
-        end_to_end_rows(args.repeats)
+        loaded = load_default_model()
+        end_to_end_rows(loaded, args.repeats)
+        inversion_rows(loaded, args.repeats)
 
 
 if __name__ == "__main__":

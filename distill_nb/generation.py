@@ -140,7 +140,8 @@ class GenerationSettings:
         context_columns: time columns (of W per chunk) that prime a chunk from the previous chunk
             in "continuation" mode, or from the prompt; an int in [1, W). One column is 16 mel
             frames (~0.17 s with the default 512-sample hop).
-        griffin_lim_iters: Griffin-Lim iterations, an int >= 1.
+        griffin_lim_iters: Griffin-Lim iterations, an int >= 1. From the phase-gradient start, 16
+            match the spectral convergence that 32 reach from a random start (bench/sampling_bench.py).
     """
 
     temperature: float | tuple[float, ...] = 1.0
@@ -156,7 +157,7 @@ class GenerationSettings:
     stitch: str = "crossfade"
     crossfade_curve: str = "equal_power"
     context_columns: int = 2
-    griffin_lim_iters: int = 32
+    griffin_lim_iters: int = 16
 
     def __post_init__(self) -> None:
         if isinstance(self.temperature, (tuple, list)):
@@ -498,24 +499,22 @@ def _fade_out_end(audio: np.ndarray, sample_rate: int) -> np.ndarray:
 
 
 def _render_take(loaded: LoadedVQModel, settings: GenerationSettings, mels: torch.Tensor,
-                 layout: _Layout, geometry: _Geometry, seed: int) -> tuple[np.ndarray, float, float]:
+                 layout: _Layout, geometry: _Geometry) -> tuple[np.ndarray, float, float]:
     """Turn one take's chunk mels [n, n_mels, frames] into a waveform of ``layout.length`` samples.
 
-    Returns (audio, griffin_lim seconds, stitching seconds).
+    Griffin-Lim starts from the phase-gradient estimate, which depends on the mel alone, so the audio
+    is a function of the codes. Returns (audio, griffin_lim seconds, stitching seconds).
     """
-    # Griffin-Lim's initial phase comes from the take's seed, so the audio is reproducible; a CPU
-    # generator draws the same phase whatever device the model is on.
-    generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     if settings.stitch == "overlap_add":
         whole = overlap_add_mels(mels, layout.step // geometry.hop, settings.crossfade_curve)
         stitched_at = time.perf_counter()
         audio = loaded.spectrogram.mel_to_waveform(
-            whole[None], n_iter=settings.griffin_lim_iters, length=layout.length, generator=generator,
+            whole[None], n_iter=settings.griffin_lim_iters, length=layout.length,
         )[0].cpu().numpy()
         return audio, time.perf_counter() - stitched_at, stitched_at - start
     waves = loaded.spectrogram.mel_to_waveform(
-        mels, n_iter=settings.griffin_lim_iters, length=geometry.chunk, generator=generator,
+        mels, n_iter=settings.griffin_lim_iters, length=geometry.chunk,
     ).cpu()
     synthesised_at = time.perf_counter()
     audio = crossfade_chunks(list(waves), layout.overlap, curve=settings.crossfade_curve)
@@ -591,7 +590,7 @@ def generate_takes(loaded: LoadedVQModel, settings: GenerationSettings | None, s
         take = f", take {k + 1}/{len(seeds)}" if len(seeds) > 1 else ""
         report(0.8 + 0.2 * k / len(seeds), f"Griffin-Lim and stitching{take}...")
         with torch.inference_mode():
-            audio, griffin_lim_s, stitching_s = _render_take(loaded, settings, mels[k], layout, geometry, seed)
+            audio, griffin_lim_s, stitching_s = _render_take(loaded, settings, mels[k], layout, geometry)
         seams = layout.seams(total)
         if len(audio) > total:
             audio = _fade_out_end(audio[:total].copy(), loaded.sample_rate)

@@ -156,39 +156,91 @@ def test_mel_to_waveform_lengths_and_shapes():
         spectrogram.mel_to_waveform(mel, n_iter=-1)
 
 
-def test_mel_to_waveform_is_deterministic_per_generator():
+def test_mel_to_waveform_is_deterministic_and_random_phases_follow_the_generator():
     spectrogram = Spectrogram(TINY)
     mel = spectrogram.waveform_to_mel(_signals(TINY.sample_rate, 0.25)["vibrato"])
 
-    def invert(seed):
-        return spectrogram.mel_to_waveform(mel, n_iter=4, generator=torch.Generator().manual_seed(seed))
+    def invert(seed, phase_init):
+        return spectrogram.mel_to_waveform(mel, n_iter=4, generator=torch.Generator().manual_seed(seed),
+                                           phase_init=phase_init)
 
-    assert torch.equal(invert(7), invert(7))
-    assert not torch.allclose(invert(7), invert(8))
-    assert torch.equal(spectrogram.mel_to_waveform(mel, n_iter=4), spectrogram.mel_to_waveform(mel, n_iter=4))
+    assert torch.equal(invert(7, "random"), invert(7, "random"))
+    assert not torch.allclose(invert(7, "random"), invert(8, "random"))
+    # The phase-gradient start uses no random numbers: the generator does not matter.
+    assert torch.equal(invert(7, "gradient"), invert(8, "gradient"))
+    assert torch.equal(spectrogram.mel_to_waveform(mel, n_iter=4), invert(0, "gradient"))
+    with pytest.raises(ValueError, match="phase_init"):
+        spectrogram.mel_to_waveform(mel, phase_init="zeros")
+
+
+def test_integrated_phase_advances_at_a_sinusoids_frequency():
+    """Between frames the phase at a sinusoid's peak bin turns by 2 pi hop nu / n_fft, nu in fractional bins."""
+    spectrogram = Spectrogram()  # n_fft 2048, hop 512: the lambda of the Hann window is tuned for n_fft
+    config = spectrogram.config
+    for nu in (40.0, 40.25, 40.5, 123.8):
+        t = np.arange(config.sample_rate // 2) / config.sample_rate
+        x = np.sin(2 * np.pi * nu * config.sample_rate / config.n_fft * t).astype(np.float32)
+        window = spectrogram._bases_on(torch.device("cpu")).window
+        magnitude = spectrogram._stft(torch.from_numpy(x)[None], window).abs().transpose(1, 2)
+        phase = spectrogram._integrated_phase(magnitude)[0, 5:-5]  # away from the reflect-padded ends
+        peak = int(magnitude[0, 20].argmax())
+        turn = phase[1:, peak] - phase[:-1, peak]
+        expected = 2 * np.pi * config.hop_length * nu / config.n_fft
+        assert np.allclose(turn.numpy(), expected, atol=0.05), (nu, float(turn.mean()), expected)
+
+
+@pytest.mark.parametrize("name", ["vibrato", "noise_burst", "chirp"])
+def test_phase_gradient_start_beats_a_random_start_on_tones_and_matches_it_on_noise(name):
+    x = _signals(48000, 0.5)[name]
+    spectrogram = Spectrogram()
+    mel = spectrogram.waveform_to_mel(x)
+    sc = {init: _spectral_convergence(x, spectrogram.mel_to_waveform(mel, n_iter=8, length=x.size,
+                                                                    phase_init=init)[0].numpy(),
+                                      spectrogram.config)
+          for init in ("gradient", "random")}
+    if name == "noise_burst":  # noise has no phase structure to find
+        assert sc["gradient"] < 1.02 * sc["random"], sc
+    else:
+        assert sc["gradient"] < sc["random"], sc
+
+
+@pytest.mark.parametrize("config", [SpectrogramConfig(), TINY, SpectrogramConfig(n_fft=1024, hop_length=256)])
+def test_griffin_lim_framing_matches_torch_stft_and_istft(config):
+    """The hand-framed, buffer-reusing Griffin-Lim equals the same iterations through torch.stft/istft."""
+    spectrogram = Spectrogram(config)
+    window = spectrogram._bases_on(torch.device("cpu")).window
+    x = torch.from_numpy(np.stack(list(_signals(config.sample_rate, 0.3).values())))
+    length = x.shape[1]
+    spectrum = spectrogram._stft(x, window).transpose(1, 2)  # frame-major
+    angles = torch.sgn(torch.randn(spectrum.shape, dtype=torch.complex64, generator=torch.Generator().manual_seed(0)))
+    for n_iter in (0, 1, 3):
+        fast = spectrogram._griffin_lim(spectrum.abs(), angles, n_iter, length, window)
+        general = spectrogram._griffin_lim_general(spectrum.abs(), angles, n_iter, length, window)
+        torch.testing.assert_close(fast, general, rtol=0, atol=1e-4 * float(general.abs().max()))
 
 
 def test_nnls_recovers_the_linear_power_of_a_real_mel():
     """The preconditioned FISTA reaches a small residual where the clamped pseudo-inverse does not."""
     spectrogram = Spectrogram()
     x = _signals(48000, 0.25)["chirp"]
-    power_mel = torch.exp(spectrogram.waveform_to_mel(x)) - spectrogram.config.log_floor
+    # Frame-major, as mel_to_waveform works: [B, frames, n_mels] -> [B, frames, bins].
+    power_mel = (torch.exp(spectrogram.waveform_to_mel(x)) - spectrogram.config.log_floor).transpose(1, 2)
     bases = spectrogram._bases_on(torch.device("cpu"))
     fb = spectrogram.mel_filterbank
 
     def residual(linear):
-        return float(torch.linalg.norm(fb @ linear - power_mel) / torch.linalg.norm(power_mel))
+        return float(torch.linalg.norm(linear @ fb.T - power_mel) / torch.linalg.norm(power_mel))
 
     linear = spectrogram._mel_power_to_linear(power_mel, bases)
     assert linear.min() >= 0
-    assert residual(linear) < 1e-3 < residual((bases.pinv @ power_mel).clamp_min(0))
+    assert residual(linear) < 1e-3 < residual((power_mel @ bases.pinv.T).clamp_min(0))
 
 
 def test_nnls_result_of_a_chunk_does_not_depend_on_the_batch():
     spectrogram = Spectrogram()
     bases = spectrogram._bases_on(torch.device("cpu"))
     batch = np.stack(list(_signals(48000, 0.25).values()))  # chunks that converge at different speeds
-    power_mel = torch.exp(spectrogram.waveform_to_mel(batch)) - spectrogram.config.log_floor
+    power_mel = (torch.exp(spectrogram.waveform_to_mel(batch)) - spectrogram.config.log_floor).transpose(1, 2)
     together = spectrogram._mel_power_to_linear(power_mel, bases)
     for row, mel in zip(together, power_mel):
         alone = spectrogram._mel_power_to_linear(mel[None], bases)[0]
