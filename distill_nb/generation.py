@@ -150,9 +150,10 @@ class GenerationSettings:
     min_p: float = 0.0
     duration_s: float = 10.0
     overlap_samples: int = 2400
-    # Defaults measured with bench/seam_bench.py on the default model (3 seeds x 10 s, flux / texture
-    # ratio at seams, 1.0 = seamless): continuation + crossfade 0.79 / 0.92, continuation + overlap-add
-    # 0.99 / 0.92, independent + crossfade 2.58 / 2.24, independent + overlap-add 3.16 / 2.28.
+    # Defaults measured with bench/seam_bench.py --seeds 8 on the default model (10 s takes; flux / jump /
+    # texture ratio at seams, 1.0 = seamless): continuation + crossfade 1.00 / 1.12 / 1.08, continuation +
+    # overlap-add 1.12 / 1.02 / 1.09, independent + crossfade 2.59 / 2.71 / 1.83, independent + overlap-add
+    # 2.48 / 3.73 / 1.74.
     mode: str = "continuation"
     stitch: str = "crossfade"
     crossfade_curve: str = "equal_power"
