@@ -3,8 +3,9 @@
 `filter_logits` applies temperature, top-k, top-p and min-p with the semantics of the Hugging Face
 transformers logits warpers (see DESIGN.md, "Sampling semantics"). `sample_codes` samples a batch of
 sequences through the prior's KV cache; row b draws only from its own generator seeded seeds[b], with
-its uniforms drawn up front and turned into codes by inverse CDF, so a row's codes do not depend on
-the batch it was sampled in.
+its uniforms drawn up front and turned into codes by inverse CDF over the tokens in descending order
+of probability (the order the filters already sort into), so a row's codes do not depend on the batch
+it was sampled in.
 """
 
 from __future__ import annotations
