@@ -348,7 +348,7 @@ class Spectrogram:
             phase_init: "gradient" (default): the phase each bin would have if it held a sinusoid at the
                 frequency its magnitude's slope implies, integrated over time (the time half of
                 Průša et al.'s phase-gradient heap integration); deterministic, and as good after 16
-                iterations as a random start after 32 (bench/audio_bench.py). "random": uniform phases
+                iterations as a random start after 32 (bench/sampling_bench.py). "random": uniform phases
                 from ``generator``, as librosa and torchaudio start.
 
         Returns:
@@ -448,8 +448,8 @@ class Spectrogram:
         """Fast Griffin-Lim (Perraudin et al. 2013), batched, frame-major: [B, frames, bins] -> [B, length].
 
         The STFT is framed by hand (as torch.stft(center=True, pad_mode="reflect") frames) so that it
-        stays frame-major and reuses its buffers: fresh multi-megabyte temporaries every iteration cost
-        more in page faults than in arithmetic.
+        stays frame-major and writes into buffers allocated once where torch allows it (FFT outputs are
+        fresh): multi-megabyte temporaries every iteration cost more in page faults than in arithmetic.
         """
         n_fft, hop = self.config.n_fft, self.config.hop_length
         if n_fft % hop:  # torch.stft / torch.istft with fresh tensors; never at the default settings
@@ -481,7 +481,8 @@ class Spectrogram:
     def _griffin_lim_general(
         self, magnitude: torch.Tensor, angles: torch.Tensor, n_iter: int, length: int, window: torch.Tensor
     ) -> torch.Tensor:
-        """`_griffin_lim` through torch.stft / torch.istft, for a hop that does not divide n_fft."""
+        """`_griffin_lim` through torch.stft / torch.istft: for a hop that does not divide n_fft, and the
+        plain loop (torchaudio's) that the tests and bench/sampling_bench.py's seed-style row compare with."""
         n_fft, hop = self.config.n_fft, self.config.hop_length
         magnitude, angles = magnitude.transpose(1, 2), angles.transpose(1, 2)  # torch's [B, bins, frames]
         previous = None
