@@ -285,7 +285,6 @@ class Spectrogram:
         curvature = self._filterbank64.T @ self._filterbank64.sum(dim=1)
         self._step64 = torch.where(curvature > 0, 1.0 / curvature.clamp_min(1e-300), 0.0)
         self._bases: dict[torch.device, _DeviceBases] = {}
-        self._envelopes: dict[tuple[int, int, torch.device], torch.Tensor] = {}
 
     @property
     def mel_filterbank(self) -> torch.Tensor:
@@ -460,9 +459,10 @@ class Spectrogram:
         windowed = torch.empty(batch, frames, n_fft, device=magnitude.device)
         padded = torch.empty(batch, length + n_fft, device=magnitude.device)  # reflect-padded waveform
         half = n_fft // 2
+        inverse_envelope = self._inverse_envelope(frames, length, window)
         for iteration in range(n_iter):
             torch.mul(magnitude, angles, out=spectrum)
-            self._overlap_add(spectrum, window, length, windowed, out=padded[:, half : half + length])
+            self._overlap_add(spectrum, window, inverse_envelope, windowed, out=padded[:, half : half + length])
             # Reflect padding as torch.stft(center=True, pad_mode="reflect") does it.
             padded[:, :half] = padded[:, half + 1 : 2 * half + 1].flip(-1)
             padded[:, half + length :] = padded[:, length - 1 : half + length - 1].flip(-1)
@@ -476,7 +476,8 @@ class Spectrogram:
                 torch.sgn(rebuilt, out=angles)
             previous = rebuilt
         out = torch.empty(batch, length, device=magnitude.device)
-        return self._overlap_add(torch.mul(magnitude, angles, out=spectrum), window, length, windowed, out=out)
+        return self._overlap_add(torch.mul(magnitude, angles, out=spectrum), window, inverse_envelope, windowed,
+                                 out=out)
 
     def _griffin_lim_general(
         self, magnitude: torch.Tensor, angles: torch.Tensor, n_iter: int, length: int, window: torch.Tensor
@@ -494,42 +495,41 @@ class Spectrogram:
             previous = rebuilt
         return torch.istft(magnitude * angles, n_fft, hop, window=window, length=length)
 
-    def _overlap_add(self, spectrum: torch.Tensor, window: torch.Tensor, length: int, windowed: torch.Tensor,
-                     out: torch.Tensor) -> torch.Tensor:
+    def _overlap_add(self, spectrum: torch.Tensor, window: torch.Tensor, inverse_envelope: torch.Tensor,
+                     windowed: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """torch.istft(center=True) of a frame-major spectrum [B, frames, bins] into out [B, length].
 
-        Needs hop | n_fft: frame j's piece r (of n_fft / hop) lands in output block j + r, so the
-        overlap-add is n_fft / hop shifted adds (torch.istft's general fold is most of its time).
-        `windowed` [B, frames, n_fft] is scratch space.
+        Needs hop | n_fft (see `_shifted_add`); torch.istft's general fold is most of its time.
+        `inverse_envelope` [length] comes from `_inverse_envelope`.
         """
-        n_fft, hop = self.config.n_fft, self.config.hop_length
-        batch, frames = spectrum.shape[:2]
-        overlap = n_fft // hop
-        pieces = torch.fft.irfft(spectrum, n=n_fft).mul_(window).view(batch, frames, overlap, hop)
-        blocks = pieces.new_zeros(batch, frames + overlap - 1, hop)
-        for r in range(overlap):
-            blocks[:, r : r + frames] += pieces[:, :, r]
+        n_fft = self.config.n_fft
         start = n_fft // 2  # center=True: frame j is centred on sample j * hop
-        samples = blocks.view(batch, -1)[:, start : start + length]
-        return torch.mul(samples, self._inverse_envelope(frames, length, window), out=out)
+        samples = self._shifted_add(torch.fft.irfft(spectrum, n=n_fft).mul_(window))
+        return torch.mul(samples[..., start : start + out.shape[-1]], inverse_envelope, out=out)
+
+    def _shifted_add(self, frames: torch.Tensor) -> torch.Tensor:
+        """Overlap-add [..., n_frames, n_fft] frames hop apart into [..., (n_frames - 1) * hop + n_fft].
+
+        With hop | n_fft, piece r (of n_fft / hop) of frame j lands in output block j + r: n_fft / hop adds.
+        """
+        hop = self.config.hop_length
+        *batch, n_frames, n_fft = frames.shape
+        overlap = n_fft // hop
+        pieces = frames.reshape(*batch, n_frames, overlap, hop)
+        blocks = frames.new_zeros(*batch, n_frames + overlap - 1, hop)
+        for r in range(overlap):
+            blocks[..., r : r + n_frames, :] += pieces[..., r, :]
+        return blocks.flatten(-2)
 
     def _stft(self, waveform: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
         return torch.stft(waveform, self.config.n_fft, self.config.hop_length, window=window, center=True,
                           pad_mode="reflect", return_complex=True)
 
     def _inverse_envelope(self, frames: int, length: int, window: torch.Tensor) -> torch.Tensor:
-        """1 / the overlap-added squared window over the output samples (what torch.istft divides by),
-        built once per (frames, length, device). Positive: the config keeps hop_length <= n_fft // 2."""
-        key = (frames, length, window.device)
-        if key not in self._envelopes:
-            n_fft, hop = self.config.n_fft, self.config.hop_length
-            overlap = n_fft // hop
-            squared = (window * window).view(overlap, hop)
-            blocks = torch.zeros(frames + overlap - 1, hop, device=window.device)
-            for r in range(overlap):
-                blocks[r : r + frames] += squared[r]
-            self._envelopes[key] = 1.0 / blocks.view(-1)[n_fft // 2 : n_fft // 2 + length]
-        return self._envelopes[key]
+        """1 / the overlap-added squared window over the output samples, [length] (what torch.istft
+        divides by). Positive: the config keeps hop_length <= n_fft // 2."""
+        start = self.config.n_fft // 2
+        return 1.0 / self._shifted_add((window * window).expand(frames, -1))[start : start + length]
 
     def _bases_on(self, device: torch.device) -> _DeviceBases:
         """The window, filterbank and pseudo-inverse on ``device``, built once per device."""

@@ -288,9 +288,9 @@ class CodePrior(nn.Module):
         """
         if cache.step_weights is None:  # attribute lookups on modules cost more than the small ops
             cache.step_weights = [
-                (b.norm1.weight, b.norm1.bias, b.attn.qkv.weight, b.attn.qkv.bias, b.attn.proj.weight,
-                 b.attn.proj.bias, b.norm2.weight, b.norm2.bias, b.mlp[0].weight, b.mlp[0].bias,
-                 b.mlp[2].weight, b.mlp[2].bias)
+                (b.norm1.weight, b.norm1.bias, b.norm1.eps, b.attn.qkv.weight, b.attn.qkv.bias,
+                 b.attn.proj.weight, b.attn.proj.bias, b.norm2.weight, b.norm2.bias, b.norm2.eps,
+                 b.mlp[0].weight, b.mlp[0].bias, b.mlp[2].weight, b.mlp[2].bias)
                 for b in self.blocks
             ]
         position = cache.length
@@ -298,19 +298,19 @@ class CodePrior(nn.Module):
             self.position_embedding.weight[position]
             + self.level_embedding.weight[position % self.config.num_quantizers])
         B, C = x.shape
-        heads, eps = self.config.n_heads, self.final_norm.eps
+        heads = self.config.n_heads
         keys, values = cache.keys[:, :, :, : position + 1], cache.values[:, :, :, : position + 1]
-        for layer, (n1w, n1b, qkv_w, qkv_b, proj_w, proj_b, n2w, n2b, fc_w, fc_b, out_w, out_b) in enumerate(
-            cache.step_weights
+        for layer, (n1w, n1b, n1eps, qkv_w, qkv_b, proj_w, proj_b, n2w, n2b, n2eps, fc_w, fc_b, out_w, out_b) in (
+            enumerate(cache.step_weights)
         ):
-            q, k, v = F.linear(F.layer_norm(x, (C,), n1w, n1b, eps), qkv_w, qkv_b).view(B, 3, heads, 1, -1).unbind(1)
+            q, k, v = F.linear(F.layer_norm(x, (C,), n1w, n1b, n1eps), qkv_w, qkv_b).view(B, 3, heads, 1, -1).unbind(1)
             keys[layer, :, :, position:] = k
             values[layer, :, :, position:] = v
             y = F.scaled_dot_product_attention(q, keys[layer], values[layer])
             x = x + F.linear(y.reshape(B, C), proj_w, proj_b)
-            x = x + F.linear(F.gelu(F.linear(F.layer_norm(x, (C,), n2w, n2b, eps), fc_w, fc_b)), out_w, out_b)
+            x = x + F.linear(F.gelu(F.linear(F.layer_norm(x, (C,), n2w, n2b, n2eps), fc_w, fc_b)), out_w, out_b)
         cache.length = position + 1
-        x = F.layer_norm(x, (C,), self.final_norm.weight, self.final_norm.bias, eps)
+        x = F.layer_norm(x, (C,), self.final_norm.weight, self.final_norm.bias, self.final_norm.eps)
         return F.linear(x, self.head.weight, self.head.bias).float()
 
 
