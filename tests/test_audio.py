@@ -111,29 +111,43 @@ def test_waveform_to_mel_rejects_bad_audio():
 # Inverse: quality against librosa, lengths, determinism
 
 
+# Griffin-Lim is chaotic: a change in the last digits of the magnitude moves one run's spectral
+# convergence by a few per cent (the chirp's, at 32 iterations: 0.2138 -> 0.2209 for an NNLS change
+# of 1e-5 relative). So the comparison averages over iteration counts and random starts, and allows 2 %:
+# a real regression (a broken NNLS, momentum or framing) costs far more.
+GRIFFIN_LIM_TOLERANCE = 1.02
+
+
 @pytest.mark.parametrize("name", ["vibrato", "noise_burst", "chirp"])
 def test_griffin_lim_no_worse_than_librosa(name):
     x = _signals(TINY.sample_rate, 0.5)[name]
-    n_iter, takes = 32, 5
+    iteration_counts, takes = (16, 32, 64), 10
     spectrogram = Spectrogram(TINY)
     mel = spectrogram.waveform_to_mel(x)
-    # One batched call draws `takes` different initial phases.
-    ours = spectrogram.mel_to_waveform(mel.expand(takes, -1, -1), n_iter=n_iter, length=x.size,
-                                       generator=torch.Generator().manual_seed(0)).numpy()
     # librosa.feature.inverse.mel_to_audio is exactly mel_to_stft + griffinlim; calling the two lets the
     # phase come from an explicit seed instead of numpy's global RNG. Its input is the power mel.
     power_mel = np.exp(mel[0].double().numpy()) - TINY.log_floor
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # librosa's "empty filters" warning for this tiny filterbank
         magnitude = librosa.feature.inverse.mel_to_stft(power_mel, power=2.0, **_librosa_mel_kwargs(TINY))
-    reference = [
-        librosa.griffinlim(magnitude, n_iter=n_iter, hop_length=TINY.hop_length, n_fft=TINY.n_fft,
-                           length=x.size, pad_mode="reflect", random_state=seed)
-        for seed in range(takes)
-    ]
-    ours_sc = np.mean([_spectral_convergence(x, y, TINY) for y in ours])
-    librosa_sc = np.mean([_spectral_convergence(x, y, TINY) for y in reference])
-    assert ours_sc <= librosa_sc, f"{name}: ours {ours_sc:.4f} vs librosa {librosa_sc:.4f}"
+    scores = {"librosa": [], "ours, random starts": [], "ours, phase-gradient start": []}
+    for n_iter in iteration_counts:
+        reference = [
+            librosa.griffinlim(magnitude, n_iter=n_iter, hop_length=TINY.hop_length, n_fft=TINY.n_fft,
+                               length=x.size, pad_mode="reflect", random_state=seed)
+            for seed in range(takes)
+        ]
+        # Like with like: one batched call draws `takes` random starts, as librosa starts.
+        random_starts = spectrogram.mel_to_waveform(
+            mel.expand(takes, -1, -1), n_iter=n_iter, length=x.size, phase_init="random",
+            generator=torch.Generator().manual_seed(0)).numpy()
+        gradient_start = spectrogram.mel_to_waveform(mel, n_iter=n_iter, length=x.size).numpy()  # the default
+        for key, outputs in zip(scores, (reference, random_starts, gradient_start)):
+            scores[key] += [_spectral_convergence(x, y, TINY) for y in outputs]
+    librosa_sc = np.mean(scores.pop("librosa"))
+    for key, values in scores.items():
+        assert np.mean(values) <= GRIFFIN_LIM_TOLERANCE * librosa_sc, (
+            f"{name}, {key}: mean spectral convergence {np.mean(values):.4f} vs librosa {librosa_sc:.4f}")
 
 
 def test_mel_to_waveform_lengths_and_shapes():
@@ -234,6 +248,18 @@ def test_nnls_recovers_the_linear_power_of_a_real_mel():
     linear = spectrogram._mel_power_to_linear(power_mel, bases)
     assert linear.min() >= 0
     assert residual(linear) < 1e-3 < residual((power_mel @ bases.pinv.T).clamp_min(0))
+
+
+@pytest.mark.parametrize("config", [SpectrogramConfig(), TINY, SpectrogramConfig(mel_scale="slaney", mel_norm="slaney")])
+def test_nnls_spread_start_is_exact_for_a_flat_spectrum(config):
+    spectrogram = Spectrogram(config)
+    bases = spectrogram._bases_on(torch.device("cpu"))
+    fb = bases.filterbank
+    covered = fb.sum(dim=0) > 0  # bins in no band cannot be recovered
+    flat = torch.full((fb.shape[1],), 3.0)
+    recovered = bases.spread @ (fb @ flat)
+    torch.testing.assert_close(recovered[covered], flat[covered], rtol=1e-5, atol=0)
+    assert recovered.min() >= 0 and bases.spread.min() >= 0
 
 
 def test_nnls_result_of_a_chunk_does_not_depend_on_the_batch():
