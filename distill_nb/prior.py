@@ -82,18 +82,20 @@ class PriorConfig:
 class KVCache:
     """Preallocated keys and values of every layer, for incremental decoding.
 
-    keys, values: [n_layers, B, n_heads, seq_len, head_dim]. Position 0 holds the start token and
-    position i > 0 the token at index i - 1, so seq_len slots suffice: the last token of a sequence
-    is never fed, because nothing follows it. `length` is the number of filled positions.
+    keys, values: [n_layers, B, n_heads, seq_len, head_dim], views of one buffer [n_layers, 2, B,
+    n_heads, seq_len, head_dim] so that a step writes a layer's key and value in one copy. Position 0
+    holds the start token and position i > 0 the token at index i - 1, so seq_len slots suffice: the
+    last token of a sequence is never fed, because nothing follows it. `length` is the number of
+    filled positions.
     """
 
     def __init__(self, config: PriorConfig, batch_size: int, device: torch.device, dtype: torch.dtype) -> None:
         head_dim = config.d_model // config.n_heads
-        shape = (config.n_layers, batch_size, config.n_heads, config.seq_len, head_dim)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (config.n_layers, 2, batch_size, config.n_heads, config.seq_len, head_dim)
+        self.keys_values = torch.zeros(shape, device=device, dtype=dtype)
+        self.keys, self.values = self.keys_values[:, 0], self.keys_values[:, 1]
         self.length = 0
-        self.step_weights: list[tuple[torch.Tensor, ...]] | None = None  # filled by CodePrior.step
+        self.step_weights: _StepWeights | None = None  # filled by CodePrior.step
 
     @property
     def batch_size(self) -> int:
@@ -113,6 +115,17 @@ class KVCache:
         self.keys[layer, :, :, self.length : end] = k
         self.values[layer, :, :, self.length : end] = v
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+
+@dataclass(frozen=True)
+class _StepWeights:
+    """What CodePrior.step reads, gathered once per cache: attribute lookups on modules cost more than
+    the small operations of a step."""
+
+    blocks: list[tuple]  # per block: norm1 (weight, bias, eps), qkv, proj, norm2 (weight, bias, eps), fc, out
+    position_and_level: torch.Tensor  # [seq_len, d_model]: the position plus the level embedding
+    final_norm: tuple[torch.Tensor, torch.Tensor, float]
+    head: tuple[torch.Tensor, torch.Tensor]
 
 
 class SelfAttention(nn.Module):
@@ -286,32 +299,35 @@ class CodePrior(nn.Module):
         number of calls, not its arithmetic. The cache must already hold the start token (feed the prefix
         with `next_logits` first) and the tokens must be valid codes.
         """
-        if cache.step_weights is None:  # attribute lookups on modules cost more than the small ops
-            cache.step_weights = [
-                (b.norm1.weight, b.norm1.bias, b.norm1.eps, b.attn.qkv.weight, b.attn.qkv.bias,
-                 b.attn.proj.weight, b.attn.proj.bias, b.norm2.weight, b.norm2.bias, b.norm2.eps,
-                 b.mlp[0].weight, b.mlp[0].bias, b.mlp[2].weight, b.mlp[2].bias)
-                for b in self.blocks
-            ]
+        if cache.step_weights is None:
+            cache.step_weights = _StepWeights(
+                blocks=[
+                    (b.norm1.weight, b.norm1.bias, b.norm1.eps, b.attn.qkv.weight, b.attn.qkv.bias,
+                     b.attn.proj.weight, b.attn.proj.bias, b.norm2.weight, b.norm2.bias, b.norm2.eps,
+                     b.mlp[0].weight, b.mlp[0].bias, b.mlp[2].weight, b.mlp[2].bias)
+                    for b in self.blocks
+                ],
+                position_and_level=self.position_embedding.weight + self.level_embedding(self.levels),
+                final_norm=(self.final_norm.weight, self.final_norm.bias, self.final_norm.eps),
+                head=(self.head.weight, self.head.bias),
+            )
+        weights = cache.step_weights
         position = cache.length
-        x = self.token_embedding.weight[tokens] + (
-            self.position_embedding.weight[position]
-            + self.level_embedding.weight[position % self.config.num_quantizers])
+        x = self.token_embedding.weight[tokens] + weights.position_and_level[position]
         B, C = x.shape
         heads = self.config.n_heads
-        keys, values = cache.keys[:, :, :, : position + 1], cache.values[:, :, :, : position + 1]
+        keys_values = cache.keys_values[:, :, :, :, : position + 1]
         for layer, (n1w, n1b, n1eps, qkv_w, qkv_b, proj_w, proj_b, n2w, n2b, n2eps, fc_w, fc_b, out_w, out_b) in (
-            enumerate(cache.step_weights)
+            enumerate(weights.blocks)
         ):
-            q, k, v = F.linear(F.layer_norm(x, (C,), n1w, n1b, n1eps), qkv_w, qkv_b).view(B, 3, heads, 1, -1).unbind(1)
-            keys[layer, :, :, position:] = k
-            values[layer, :, :, position:] = v
-            y = F.scaled_dot_product_attention(q, keys[layer], values[layer])
+            qkv = F.linear(F.layer_norm(x, (C,), n1w, n1b, n1eps), qkv_w, qkv_b).view(B, 3, heads, 1, -1)
+            keys_values[layer, :, :, :, position:] = qkv[:, 1:].transpose(0, 1)  # k and v, [2, B, heads, 1, head_dim]
+            y = F.scaled_dot_product_attention(qkv[:, 0], keys_values[layer, 0], keys_values[layer, 1])
             x = x + F.linear(y.reshape(B, C), proj_w, proj_b)
             x = x + F.linear(F.gelu(F.linear(F.layer_norm(x, (C,), n2w, n2b, n2eps), fc_w, fc_b)), out_w, out_b)
         cache.length = position + 1
-        x = F.layer_norm(x, (C,), self.final_norm.weight, self.final_norm.bias, self.final_norm.eps)
-        return F.linear(x, self.head.weight, self.head.bias).float()
+        x = F.layer_norm(x, (C,), *weights.final_norm)
+        return F.linear(x, *weights.head).float()
 
 
 def flatten_codes(codes: torch.Tensor) -> torch.Tensor:

@@ -112,21 +112,24 @@ def _top_k(scores: torch.Tensor, top_k: int) -> torch.Tensor:
 def _sorted_filtered(scores: torch.Tensor, top_p: float, min_p: float) -> tuple[torch.Tensor, ...]:
     """top-p then min-p on scaled scores [..., V], seen in descending order of probability.
 
-    Returns (cdf, order, kept): the cumulative probabilities in that order (equal ones by token
-    index), the token at each sorted position, and long [..., 1] how many leading tokens survive.
-    Both filters keep a prefix of the order (the mass above a token only grows along it, the
-    probability only falls), so one count says what survives. min-p compares probabilities with
-    the top one, a ratio that the renormalisation after top-p leaves unchanged.
+    Returns (cdf, order, last): the cumulative probabilities in that order (equal ones by token
+    index), the token at each sorted position, and long [..., 1] the sorted position of the last
+    token that survives. Both filters keep a prefix of the order (the mass above a token only grows
+    along it, the probability only falls), so one position says what survives. top-p keeps position
+    j iff the mass above it, cdf[j - 1], is < top_p: every j up to the number of cdf values < top_p.
+    min-p compares probabilities with the top one, a ratio that the renormalisation after top-p
+    leaves unchanged.
     """
     probs, order = scores.softmax(dim=-1).sort(dim=-1, descending=True, stable=True)
     cdf = probs.cumsum(dim=-1)
-    keep = torch.ones_like(probs, dtype=torch.bool)
+    last = torch.full_like(cdf[..., :1], cdf.shape[-1] - 1, dtype=torch.long)
     if 0.0 < top_p < 1.0:
-        keep &= F.pad(cdf[..., :-1], (1, 0)) < top_p  # the mass above: 0 for the top token
+        below = torch.full_like(cdf[..., :1], top_p)
+        last = torch.searchsorted(cdf, below).clamp_max_(cdf.shape[-1] - 1)
     if min_p > 0.0:
-        keep &= probs >= min_p * probs[..., :1]
-    # At least one: a NaN row (rejected by the callers) must still index something.
-    return cdf, order, keep.sum(dim=-1, keepdim=True).clamp_(min=1)
+        # At least the top token: a NaN row (rejected by the callers) must still index something.
+        last = torch.minimum(last, (probs >= min_p * probs[..., :1]).sum(dim=-1, keepdim=True).sub_(1).clamp_min_(0))
+    return cdf, order, last
 
 
 def _filter_scaled(scores: torch.Tensor, top_k: int, top_p: float, min_p: float) -> torch.Tensor:
@@ -134,8 +137,8 @@ def _filter_scaled(scores: torch.Tensor, top_k: int, top_p: float, min_p: float)
     scores = _top_k(scores, top_k)
     if not (0.0 < top_p < 1.0 or min_p > 0.0):
         return scores
-    _, order, kept = _sorted_filtered(scores, top_p, min_p)
-    removed = torch.arange(scores.shape[-1], device=scores.device) >= kept  # in sorted order
+    _, order, last = _sorted_filtered(scores, top_p, min_p)
+    removed = torch.arange(scores.shape[-1], device=scores.device) > last  # in sorted order
     return scores.masked_fill(removed.scatter(-1, order, removed), -math.inf)
 
 
@@ -148,11 +151,10 @@ def _draw(
     interval of the kept mass holds uniforms[b] in [0, 1): token j with probability p_j / kept mass,
     never a removed token. Returns (tokens long [B], the kept mass [B, 1], NaN for a bad row).
     """
-    cdf, order, kept = _sorted_filtered(_top_k(scores, top_k), top_p, min_p)
-    last = kept - 1
+    cdf, order, last = _sorted_filtered(_top_k(scores, top_k), top_p, min_p)
     mass = cdf.gather(-1, last)
     position = torch.searchsorted(cdf, uniforms[:, None] * mass, right=True)
-    # u * mass < mass, so position < kept, except when rounding lands u * mass on the last boundary.
+    # u * mass < mass, so position <= last, except when rounding lands u * mass on the last boundary.
     return order.gather(-1, torch.minimum(position, last)).squeeze(-1), mass
 
 
