@@ -399,7 +399,8 @@ class Spectrogram:
                 phase = self._integrated_phase(magnitude)
             else:
                 phase = 2 * math.pi * torch.rand(magnitude.shape, generator=generator, device=generator.device)
-            angles = torch.polar(torch.ones_like(magnitude), phase.to(mel.device))
+            phase = phase.to(mel.device)
+            angles = torch.complex(torch.cos(phase), torch.sin(phase))  # torch.polar takes 6x as long on CPU
             return self._griffin_lim(magnitude, angles, n_iter, int(length), bases.window)
 
     def _integrated_phase(self, magnitude: torch.Tensor) -> torch.Tensor:
