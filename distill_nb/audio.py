@@ -359,9 +359,10 @@ class Spectrogram:
                 the same seed gives the same audio. None uses a fresh generator seeded 0.
             phase_init: "gradient" (default): the phase each bin would have if it held a sinusoid at the
                 frequency its magnitude's slope implies, integrated over time (the time half of
-                Průša et al.'s phase-gradient heap integration); deterministic, and as good after 16
-                iterations as a random start after 32 (bench/sampling_bench.py). "random": uniform phases
-                from ``generator``, as librosa and torchaudio start.
+                Průša et al.'s phase-gradient heap integration); deterministic. Well ahead of a random
+                start on tonal sound (a vibrato after 32 iterations: spectral convergence 0.083 against
+                0.118), on a par on decoded chunks (33 of them after 16: 0.176 against 0.175).
+                "random": uniform phases from ``generator``, as librosa and torchaudio start.
 
         Returns:
             float32 [B, length] on the mel's device.

@@ -151,9 +151,9 @@ class GenerationSettings:
     duration_s: float = 10.0
     overlap_samples: int = 2400
     # Defaults measured with bench/seam_bench.py --seeds 8 on the default model (10 s takes; flux / jump /
-    # texture ratio at seams, 1.0 = seamless): continuation + crossfade 1.00 / 1.12 / 1.08, continuation +
-    # overlap-add 1.12 / 1.02 / 1.09, independent + crossfade 2.59 / 2.71 / 1.83, independent + overlap-add
-    # 2.48 / 3.73 / 1.74.
+    # texture ratio at seams, 1.0 = seamless): continuation + crossfade 1.00 / 1.15 / 1.12, continuation +
+    # overlap-add 1.05 / 1.17 / 1.08, independent + crossfade 3.21 / 1.95 / 1.76, independent + overlap-add
+    # 2.66 / 4.05 / 1.66.
     mode: str = "continuation"
     stitch: str = "crossfade"
     crossfade_curve: str = "equal_power"
