@@ -389,6 +389,8 @@ class Spectrogram:
             raise ValueError(f"phase_init must be one of {_PHASE_INITS}, got {phase_init!r}")
         if generator is None:
             generator = torch.Generator().manual_seed(0)
+        if len(mel) == 0:  # nothing to invert (the FFT libraries reject an empty batch)
+            return torch.zeros(0, int(length), device=mel.device)
 
         bases = self._bases_on(mel.device)
         with torch.no_grad():

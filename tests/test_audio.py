@@ -161,6 +161,7 @@ def test_mel_to_waveform_lengths_and_shapes():
     chunk = spectrogram.mel_to_waveform(mel, n_iter=1, length=48000)
     assert chunk.dtype == torch.float32 and chunk.shape == (2, 48000)
     assert spectrogram.mel_to_waveform(mel[0], n_iter=0).shape == (1, 93 * 512)  # length None
+    assert spectrogram.mel_to_waveform(mel[:0], length=48000).shape == (0, 48000)  # an empty batch
     for bad_length in (93 * 512 - 1, 94 * 512, 48000.0):
         with pytest.raises(ValueError, match="length"):
             spectrogram.mel_to_waveform(mel, n_iter=0, length=bad_length)
