@@ -16,7 +16,6 @@ import secrets
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from distill_nb.prior import CodePrior
 
@@ -122,10 +121,10 @@ def _sorted_filtered(scores: torch.Tensor, top_p: float, min_p: float) -> tuple[
     """
     probs, order = scores.softmax(dim=-1).sort(dim=-1, descending=True, stable=True)
     cdf = probs.cumsum(dim=-1)
-    last = torch.full_like(cdf[..., :1], cdf.shape[-1] - 1, dtype=torch.long)
     if 0.0 < top_p < 1.0:
-        below = torch.full_like(cdf[..., :1], top_p)
-        last = torch.searchsorted(cdf, below).clamp_max_(cdf.shape[-1] - 1)
+        last = torch.searchsorted(cdf, torch.full_like(cdf[..., :1], top_p)).clamp_max_(cdf.shape[-1] - 1)
+    else:
+        last = torch.full_like(cdf[..., :1], cdf.shape[-1] - 1, dtype=torch.long)
     if min_p > 0.0:
         # At least the top token: a NaN row (rejected by the callers) must still index something.
         last = torch.minimum(last, (probs >= min_p * probs[..., :1]).sum(dim=-1, keepdim=True).sub_(1).clamp_min_(0))
