@@ -224,7 +224,7 @@ DDP_SCRIPT = """
     from distill_nb.training import is_main_process, train_model
     from distill_nb.vqvae import VQVAEConfig
 
-    out = sys.argv[1]
+    out, digest_dir = sys.argv[1], sys.argv[2]
     spec = Spectrogram(SpectrogramConfig(sample_rate=16000, n_fft=512, hop_length=256, n_mels=16))
     corpus = demo_corpus(seed=0, seconds=40.0, sample_rate=16000)
     loaded, _ = train_model(
@@ -236,7 +236,9 @@ DDP_SCRIPT = """
     for module in (loaded.model, loaded.prior):
         for key, value in sorted(module.state_dict().items()):
             digest.update(key.encode() + value.numpy().tobytes())
-    print("DIGEST", torch.distributed.get_rank(), digest.hexdigest(), flush=True)
+    # A file per rank, not stdout: the ranks share torchrun's stdout, and a test that reads it once lost a line.
+    with open(f"{digest_dir}/rank{torch.distributed.get_rank()}", "w") as f:
+        f.write(digest.hexdigest())
     if is_main_process():
         save_model(loaded, out + "/model.distill")
 """
@@ -246,16 +248,18 @@ DDP_SCRIPT = """
 def test_two_process_ddp_on_cpu_trains_identical_replicas_and_writes_once(tmp_path):
     script = tmp_path / "ddp_train.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT))
-    out = tmp_path / "out"
+    out, digest_dir = tmp_path / "out", tmp_path / "digests"
     out.mkdir()
+    digest_dir.mkdir()
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-         "--master_port", str(_free_port()), str(script), str(out)],
+         "--master_port", str(_free_port()), str(script), str(out), str(digest_dir)],
         capture_output=True, text=True, timeout=240, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    digests = dict(re.findall(r"DIGEST (\d) ([0-9a-f]+)", result.stdout))
-    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]
+    digests = {p.name: p.read_text() for p in digest_dir.iterdir()}
+    assert set(digests) == {"rank0", "rank1"}, (sorted(digests), result.stdout[-2000:], result.stderr[-2000:])
+    assert digests["rank0"] == digests["rank1"]
     assert sorted(p.name for p in out.iterdir()) == ["model.distill", "run.ckpt"]
     assert load_model(out / "model.distill").metadata["training"]["processes"] == 2
 
