@@ -348,6 +348,7 @@ class Spectrogram:
         length: int | None = None,
         generator: torch.Generator | None = None,
         phase_init: str = "gradient",
+        nnls_tolerance: float = _NNLS_TOLERANCE,
     ) -> torch.Tensor:
         """Invert log-mels to audio: NNLS mel -> linear magnitude, then fast Griffin-Lim.
 
@@ -363,6 +364,9 @@ class Spectrogram:
                 start on tonal sound (a vibrato after 32 iterations: spectral convergence 0.083 against
                 0.118), on a par on decoded chunks (33 of them after 16: 0.176 against 0.175).
                 "random": uniform phases from ``generator``, as librosa and torchaudio start.
+            nnls_tolerance: in (0, 1); the NNLS of a chunk stops once ||F x - p|| / ||p|| is below it.
+                The default 1e-4 keeps the mel of real audio exact; a decoded mel renders no better
+                below 1e-2 (generation passes that; see `_DECODED_NNLS_TOLERANCE` there).
 
         Returns:
             float32 [B, length] on the mel's device.
@@ -387,6 +391,8 @@ class Spectrogram:
                              f"{frames} frames, got {length!r}")
         if phase_init not in _PHASE_INITS:
             raise ValueError(f"phase_init must be one of {_PHASE_INITS}, got {phase_init!r}")
+        if isinstance(nnls_tolerance, bool) or not isinstance(nnls_tolerance, Real) or not 0 < nnls_tolerance < 1:
+            raise ValueError(f"nnls_tolerance must be a float in (0, 1), got {nnls_tolerance!r}")
         if generator is None:
             generator = torch.Generator().manual_seed(0)
         if len(mel) == 0:  # nothing to invert (the FFT libraries reject an empty batch)
@@ -397,7 +403,7 @@ class Spectrogram:
             # Frame-major from here on ([B, frames, bins], as rfft of the frames gives): the NNLS products
             # are then one matrix product over all frames of all chunks, and Griffin-Lim needs no transposes.
             power_mel = (torch.exp(mel.float()) - self.config.log_floor).clamp_min(0.0).transpose(1, 2)
-            magnitude = self._mel_power_to_linear(power_mel, bases).sqrt()  # [B, frames, bins]
+            magnitude = self._mel_power_to_linear(power_mel, bases, nnls_tolerance).sqrt()  # [B, frames, bins]
             if phase_init == "gradient":
                 phase = self._integrated_phase(magnitude)
             else:
@@ -426,7 +432,8 @@ class Spectrogram:
         start = (-math.pi * bins).expand(magnitude.shape[0], 1, -1)
         return torch.cat([start, advance], dim=1).cumsum(dim=1)
 
-    def _mel_power_to_linear(self, power_mel: torch.Tensor, bases: _DeviceBases) -> torch.Tensor:
+    def _mel_power_to_linear(self, power_mel: torch.Tensor, bases: _DeviceBases,
+                             tolerance: float = _NNLS_TOLERANCE) -> torch.Tensor:
         """Non-negative least squares ``filterbank @ x ~= power_mel``, x >= 0, by preconditioned FISTA.
 
         Frame-major, [B, frames, n_mels] -> [B, frames, bins]. Each chunk starts from the better fitting of
@@ -435,8 +442,8 @@ class Spectrogram:
         power spread over its bins. A decoded mel is slightly inconsistent, and its clamped pseudo-inverse
         fits it worse than silence (residual ~3); from the spread start Griffin-Lim ends closer to the
         decoded mel (44 decoded chunks: closer on 31, mean spectral convergence 0.1785 against 0.1827).
-        Each chunk stops on its own, so its result does not depend on the rest of the batch, and a
-        stopped chunk leaves the batch. The updates write into buffers: a fresh multi-megabyte
+        Each chunk stops on its own (at `tolerance`, or when it stalls: see `_NNLS_STALL`), so its result
+        does not depend on the rest of the batch, and a stopped chunk leaves the batch. The updates write into buffers: a fresh multi-megabyte
         tensor per operation costs more than the arithmetic.
         """
         fb, step = bases.filterbank, bases.step
@@ -457,7 +464,7 @@ class Spectrogram:
             if iteration % _NNLS_CHECK_EVERY == 0:  # the residual at y is free here: no extra matmul
                 residual = torch.linalg.vector_norm(error, dim=(1, 2)) / scale[rows]
                 stalled = (residual > _NNLS_STALL * previous_residual) & (residual >= _NNLS_CONSISTENT)
-                going = (residual >= _NNLS_TOLERANCE) & ~stalled
+                going = (residual >= tolerance) & ~stalled
                 if not bool(going.all()):
                     if result is None:
                         result = torch.empty_like(x)

@@ -58,6 +58,10 @@ CROSSFADE_CURVES = ("equal_power", "linear", "hann")
 SEED_LIMIT = 2**63  # seeds are ints in [0, SEED_LIMIT)
 END_FADE_S = 0.01  # fade-out applied where the stitched audio is cut to the requested length
 CODEC_BATCH = 64  # chunks per VQ-VAE encode/decode call, to bound memory on long takes
+# A decoded mel is slightly inconsistent and its NNLS residual rarely gets below ~0.1; the odd chunk that
+# does converges slowly, and rendering gains nothing below 1e-2 (44 decoded chunks: mean spectral
+# convergence 0.1754 at 1e-2 against 0.1749 at the default 1e-4, in 35 ms instead of 50 for 11 chunks).
+_DECODED_NNLS_TOLERANCE = 1e-2
 
 Progress = Callable[[float, str], None]
 
@@ -512,10 +516,11 @@ def _render_take(loaded: LoadedVQModel, settings: GenerationSettings, mels: torc
         stitched_at = time.perf_counter()
         audio = loaded.spectrogram.mel_to_waveform(
             whole[None], n_iter=settings.griffin_lim_iters, length=layout.length,
+            nnls_tolerance=_DECODED_NNLS_TOLERANCE,
         )[0].cpu().numpy()
         return audio, time.perf_counter() - stitched_at, stitched_at - start
     waves = loaded.spectrogram.mel_to_waveform(
-        mels, n_iter=settings.griffin_lim_iters, length=geometry.chunk,
+        mels, n_iter=settings.griffin_lim_iters, length=geometry.chunk, nnls_tolerance=_DECODED_NNLS_TOLERANCE,
     ).cpu()
     synthesised_at = time.perf_counter()
     audio = crossfade_chunks(list(waves), layout.overlap, curve=settings.crossfade_curve)

@@ -169,6 +169,9 @@ def test_mel_to_waveform_lengths_and_shapes():
         spectrogram.mel_to_waveform(mel[:, :64], n_iter=0)
     with pytest.raises(ValueError, match="n_iter"):
         spectrogram.mel_to_waveform(mel, n_iter=-1)
+    for bad_tolerance in (0.0, 1.0, -1e-3, True, "1e-3", float("nan")):
+        with pytest.raises(ValueError, match="nnls_tolerance"):
+            spectrogram.mel_to_waveform(mel, n_iter=0, nnls_tolerance=bad_tolerance)
 
 
 def test_mel_to_waveform_is_deterministic_and_random_phases_follow_the_generator():
@@ -249,6 +252,9 @@ def test_nnls_recovers_the_linear_power_of_a_real_mel():
     linear = spectrogram._mel_power_to_linear(power_mel, bases)
     assert linear.min() >= 0
     assert residual(linear) < 1e-3 < residual((power_mel @ bases.pinv.T).clamp_min(0))
+    # A looser tolerance stops sooner, still within it (generation's, for decoded mels).
+    loose = spectrogram._mel_power_to_linear(power_mel, bases, tolerance=1e-2)
+    assert residual(linear) < residual(loose) < 1e-2
 
 
 @pytest.mark.parametrize("config", [SpectrogramConfig(), TINY, SpectrogramConfig(mel_scale="slaney", mel_norm="slaney")])
