@@ -155,8 +155,8 @@ class GenerationSettings:
     duration_s: float = 10.0
     overlap_samples: int = 2400
     # Defaults measured with bench/seam_bench.py --seeds 8 on the default model (10 s takes; flux / jump /
-    # texture ratio at seams, 1.0 = seamless): continuation + crossfade 1.00 / 1.15 / 1.12, continuation +
-    # overlap-add 1.05 / 1.17 / 1.08, independent + crossfade 3.21 / 1.95 / 1.76, independent + overlap-add
+    # texture ratio at seams, 1.0 = seamless): continuation + crossfade 1.00 / 1.15 / 1.13, continuation +
+    # overlap-add 1.05 / 1.17 / 1.08, independent + crossfade 3.18 / 2.23 / 1.76, independent + overlap-add
     # 2.66 / 4.05 / 1.66.
     mode: str = "continuation"
     stitch: str = "crossfade"
