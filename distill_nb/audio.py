@@ -443,8 +443,8 @@ class Spectrogram:
         fits it worse than silence (residual ~3); from the spread start Griffin-Lim ends closer to the
         decoded mel (44 decoded chunks: closer on 31, mean spectral convergence 0.1785 against 0.1827).
         Each chunk stops on its own (at `tolerance`, or when it stalls: see `_NNLS_STALL`), so its result
-        does not depend on the rest of the batch, and a stopped chunk leaves the batch. The updates write into buffers: a fresh multi-megabyte
-        tensor per operation costs more than the arithmetic.
+        does not depend on the rest of the batch, and a stopped chunk leaves the batch. The updates write
+        into buffers: a fresh multi-megabyte tensor per operation costs more than the arithmetic.
         """
         fb, step = bases.filterbank, bases.step
         starts = torch.stack([(power_mel @ bases.pinv.T).clamp_min_(0.0), power_mel @ bases.spread.T])

@@ -257,7 +257,8 @@ def test_nnls_recovers_the_linear_power_of_a_real_mel():
     assert residual(linear) < residual(loose) < 1e-2
 
 
-@pytest.mark.parametrize("config", [SpectrogramConfig(), TINY, SpectrogramConfig(mel_scale="slaney", mel_norm="slaney")])
+@pytest.mark.parametrize(
+    "config", [SpectrogramConfig(), TINY, SpectrogramConfig(mel_scale="slaney", mel_norm="slaney")])
 def test_nnls_spread_start_is_exact_for_a_flat_spectrum(config):
     spectrogram = Spectrogram(config)
     bases = spectrogram._bases_on(torch.device("cpu"))
