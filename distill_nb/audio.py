@@ -53,6 +53,11 @@ _NNLS_CHECK_EVERY = 2
 _NNLS_CONSISTENT = 1e-2
 _NNLS_MAX_STEPS = 128
 _GRIFFIN_LIM_MOMENTUM = 0.99
+# Over-relaxing each Griffin-Lim projection (see `Spectrogram._griffin_lim`) converges faster. On 44 decoded
+# chunks (mel spectral convergence, phase-gradient start), 12 relaxed iterations reach 0.1848 and 16 plain ones
+# 0.1855 (relaxation 1.2: 0.1857; 16 relaxed: 0.1839). On the vibrato, chirp and noise-burst test signals it
+# helps or ties from 12 to 64 iterations, from either start; a larger relaxation (1.3) starts to lose at 12-16.
+_GRIFFIN_LIM_RELAXATION = 1.25
 _PHASE_INITS = ("gradient", "random")
 # The Gaussian window exp(-pi t^2 / lam) closest to a Hann window of length n has lam = 0.25645 n^2
 # (Průša et al. 2017); in units of n_fft^2, as the instantaneous-frequency estimate uses it.
@@ -487,20 +492,25 @@ class Spectrogram:
         return result
 
     def _griffin_lim(
-        self, magnitude: torch.Tensor, angles: torch.Tensor, n_iter: int, length: int, window: torch.Tensor
+        self, magnitude: torch.Tensor, angles: torch.Tensor, n_iter: int, length: int, window: torch.Tensor,
+        relaxation: float = _GRIFFIN_LIM_RELAXATION,
     ) -> torch.Tensor:
-        """Fast Griffin-Lim (Perraudin et al. 2013), batched, frame-major: [B, frames, bins] -> [B, length].
+        """Relaxed fast Griffin-Lim, batched, frame-major: [B, frames, bins] -> [B, length].
 
+        Each iteration projects c onto the spectra with the target magnitude and then onto the consistent
+        ones (y = P(c)), over-relaxes (t = c + relaxation (y - c)) and extrapolates with momentum
+        (c = t + momentum (t - t_prev)): the accelerated Griffin-Lim of Nenov, Peer & Gerkmann (2023) with
+        beta = alpha. relaxation = 1 is plain fast Griffin-Lim (Perraudin et al. 2013; librosa's, torchaudio's).
         The STFT is framed by hand (as torch.stft(center=True, pad_mode="reflect") frames) so that it
         stays frame-major and writes into buffers allocated once where torch allows it (FFT outputs are
         fresh): multi-megabyte temporaries every iteration cost more in page faults than in arithmetic.
         """
         n_fft, hop = self.config.n_fft, self.config.hop_length
         if n_fft % hop:  # torch.stft / torch.istft with fresh tensors; never at the default settings
-            return self._griffin_lim_general(magnitude, angles, n_iter, length, window)
+            return self._griffin_lim_general(magnitude, angles, n_iter, length, window, relaxation)
         batch, frames, bins = magnitude.shape
         angles = angles.clone(memory_format=torch.contiguous_format)  # written in place below
-        spectrum, previous = torch.empty_like(angles), None
+        spectrum, estimate, previous = torch.empty_like(angles), None, None
         windowed = torch.empty(batch, frames, n_fft, device=magnitude.device)
         padded = torch.empty(batch, length + n_fft, device=magnitude.device)  # reflect-padded waveform
         half = n_fft // 2
@@ -511,32 +521,39 @@ class Spectrogram:
             # Reflect padding as torch.stft(center=True, pad_mode="reflect") does it.
             padded[:, :half] = padded[:, half + 1 : 2 * half + 1].flip(-1)
             padded[:, half + length :] = padded[:, length - 1 : half + length - 1].flip(-1)
-            rebuilt = torch.fft.rfft(torch.mul(padded.unfold(-1, n_fft, hop), window, out=windowed))
-            # Momentum: extrapolate from the previous consistent estimate. Only the phase is kept, so
-            # c + a (c - c_prev) is written in the equivalent scaled form c - a / (1 + a) c_prev.
-            if previous is not None:
-                torch.sub(rebuilt, previous, alpha=_GRIFFIN_LIM_MOMENTUM / (1 + _GRIFFIN_LIM_MOMENTUM), out=spectrum)
-                torch.sgn(spectrum, out=angles)  # unit phasors (0 where the spectrum is 0)
+            rebuilt = torch.fft.rfft(torch.mul(padded.unfold(-1, n_fft, hop), window, out=windowed))  # y, fresh
+            if previous is None:  # the first estimate is the projection itself
+                estimate = rebuilt
             else:
-                torch.sgn(rebuilt, out=angles)
+                # t = c + relaxation (y - c), written over y; then c = t + momentum (t - t_prev), over the
+                # old c (at the second iteration c is t_prev itself: each element is read before it is written).
+                torch.lerp(estimate, rebuilt, relaxation, out=rebuilt)
+                torch.lerp(rebuilt, previous, -_GRIFFIN_LIM_MOMENTUM, out=estimate)
+            torch.sgn(estimate, out=angles)  # unit phasors (0 where the spectrum is 0)
             previous = rebuilt
         out = torch.empty(batch, length, device=magnitude.device)
         return self._overlap_add(torch.mul(magnitude, angles, out=spectrum), window, inverse_envelope, windowed,
                                  out=out)
 
     def _griffin_lim_general(
-        self, magnitude: torch.Tensor, angles: torch.Tensor, n_iter: int, length: int, window: torch.Tensor
+        self, magnitude: torch.Tensor, angles: torch.Tensor, n_iter: int, length: int, window: torch.Tensor,
+        relaxation: float = _GRIFFIN_LIM_RELAXATION,
     ) -> torch.Tensor:
         """`_griffin_lim` through torch.stft / torch.istft: for a hop that does not divide n_fft, and the
-        plain loop (torchaudio's) that the tests and bench/sampling_bench.py's seed-style row compare with."""
+        plain loop (torchaudio's, with relaxation 1) that the tests and bench/sampling_bench.py's seed-style
+        row compare with."""
         n_fft, hop = self.config.n_fft, self.config.hop_length
         magnitude, angles = magnitude.transpose(1, 2), angles.transpose(1, 2)  # torch's [B, bins, frames]
-        previous = None
+        estimate, previous = None, None
         for _ in range(n_iter):
             rebuilt = self._stft(torch.istft(magnitude * angles, n_fft, hop, window=window, length=length), window)
-            accelerated = rebuilt if previous is None else torch.sub(
-                rebuilt, previous, alpha=_GRIFFIN_LIM_MOMENTUM / (1 + _GRIFFIN_LIM_MOMENTUM))
-            angles = torch.sgn(accelerated)
+            if previous is None:
+                estimate = rebuilt
+            else:
+                relaxed = estimate + relaxation * (rebuilt - estimate)
+                estimate = relaxed + _GRIFFIN_LIM_MOMENTUM * (relaxed - previous)
+                rebuilt = relaxed
+            angles = torch.sgn(estimate)
             previous = rebuilt
         return torch.istft(magnitude * angles, n_fft, hop, window=window, length=length)
 

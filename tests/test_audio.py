@@ -222,8 +222,9 @@ def test_phase_gradient_start_beats_a_random_start_on_tones_and_matches_it_on_no
         assert sc["gradient"] < sc["random"], sc
 
 
+@pytest.mark.parametrize("relaxation", [1.0, 1.25])
 @pytest.mark.parametrize("config", [SpectrogramConfig(), TINY, SpectrogramConfig(n_fft=1024, hop_length=256)])
-def test_griffin_lim_framing_matches_torch_stft_and_istft(config):
+def test_griffin_lim_framing_matches_torch_stft_and_istft(config, relaxation):
     """The hand-framed, buffer-reusing Griffin-Lim equals the same iterations through torch.stft/istft."""
     spectrogram = Spectrogram(config)
     window = spectrogram._bases_on(torch.device("cpu")).window
@@ -232,9 +233,46 @@ def test_griffin_lim_framing_matches_torch_stft_and_istft(config):
     spectrum = spectrogram._stft(x, window).transpose(1, 2)  # frame-major
     angles = torch.sgn(torch.randn(spectrum.shape, dtype=torch.complex64, generator=torch.Generator().manual_seed(0)))
     for n_iter in (0, 1, 3):
-        fast = spectrogram._griffin_lim(spectrum.abs(), angles, n_iter, length, window)
-        general = spectrogram._griffin_lim_general(spectrum.abs(), angles, n_iter, length, window)
+        fast = spectrogram._griffin_lim(spectrum.abs(), angles, n_iter, length, window, relaxation)
+        general = spectrogram._griffin_lim_general(spectrum.abs(), angles, n_iter, length, window, relaxation)
         torch.testing.assert_close(fast, general, rtol=0, atol=1e-4 * float(general.abs().max()))
+
+
+@pytest.mark.parametrize("relaxation", [1.0, 1.25])
+def test_griffin_lim_iterations_match_a_librosa_reference(relaxation):
+    """Our loop against the relaxed fast Griffin-Lim recurrence written out with librosa's STFT in float64:
+    y = P(c) (target magnitude, then consistency), t = c + relaxation (y - c), c = t + momentum (t - t_prev).
+    With relaxation 1 it is also librosa.griffinlim's own loop."""
+    config = TINY
+    spectrogram = Spectrogram(config)
+    window = spectrogram._bases_on(torch.device("cpu")).window
+    x = _signals(config.sample_rate, 0.25)["chirp"].astype(np.float64)
+    stft_kwargs = dict(n_fft=config.n_fft, hop_length=config.hop_length, window="hann")
+    magnitude = np.abs(librosa.stft(x, pad_mode="reflect", **stft_kwargs))  # [bins, frames]
+    phase0 = np.random.default_rng(0).uniform(0, 2 * np.pi, magnitude.shape)
+    momentum = 0.99
+
+    def synthesize(c):  # the waveform of the target magnitude with c's phase
+        return librosa.istft(magnitude * np.exp(1j * np.angle(c)), length=x.size, **stft_kwargs)
+
+    def ours(phase, n_iter):
+        angles = torch.polar(torch.ones(phase.T.shape), torch.from_numpy(phase.T).float())[None]  # frame-major
+        magnitudes = torch.from_numpy(magnitude.T).float()[None]
+        return spectrogram._griffin_lim(magnitudes, angles, n_iter, x.size, window, relaxation)[0].double().numpy()
+
+    c, previous = np.exp(1j * phase0), None
+    for n_iter in range(4):
+        expected = synthesize(c)
+        np.testing.assert_allclose(ours(phase0, n_iter), expected, rtol=0, atol=1e-4 * np.abs(expected).max(),
+                                   err_msg=f"after {n_iter} iterations")
+        y = librosa.stft(synthesize(c), pad_mode="reflect", **stft_kwargs)
+        t = y if previous is None else c + relaxation * (y - c)
+        c, previous = (t if previous is None else t + momentum * (t - previous)), t
+    if relaxation == 1.0:  # librosa's loop starts from zero phase with init=None
+        reference = librosa.griffinlim(magnitude, n_iter=3, init=None, momentum=momentum, length=x.size,
+                                       pad_mode="reflect", **stft_kwargs)
+        np.testing.assert_allclose(ours(np.zeros_like(phase0), 3), reference, rtol=0,
+                                   atol=1e-4 * np.abs(reference).max())
 
 
 def test_nnls_recovers_the_linear_power_of_a_real_mel():
