@@ -108,7 +108,7 @@ def inversion_rows(loaded: LoadedVQModel, repeats: int) -> None:
     runs = {
         "seed-style: random start, 128 via torch.stft/istft": lambda: seed_style_inversion(
             spectrogram, mels, SEED_STYLE_GRIFFIN_LIM_ITERS, 0),
-        "phase-gradient start, plain, 16 (the previous default)": lambda: plain_inversion(spectrogram, mels, 16),
+        "phase-gradient start, plain, 16 (previous default)": lambda: plain_inversion(spectrogram, mels, 16),
         f"ours: phase-gradient start, relaxed, {DEFAULT_ITERS} (default)": lambda: spectrogram.mel_to_waveform(
             mels, n_iter=DEFAULT_ITERS, length=chunk, nnls_tolerance=_DECODED_NNLS_TOLERANCE),
     }
