@@ -155,10 +155,11 @@ class GenerationSettings:
     min_p: float = 0.0
     duration_s: float = 10.0
     overlap_samples: int = 2400
-    # Defaults measured with bench/seam_bench.py --seeds 8 on the default model (10 s takes; flux / jump /
-    # texture ratio at seams, 1.0 = seamless): continuation + crossfade 1.00 / 1.15 / 1.13, continuation +
-    # overlap-add 1.05 / 1.17 / 1.08, independent + crossfade 3.18 / 2.23 / 1.76, independent + overlap-add
-    # 2.66 / 4.05 / 1.66.
+    # Defaults measured with bench/seam_bench.py --seeds 16 on the default model (10 s takes; flux / jump /
+    # texture ratio at seams, 1.0 = seamless): continuation + crossfade 1.00 / 1.06 / 1.03, continuation +
+    # overlap-add 1.04 / 0.92 / 1.02, independent + crossfade 2.63 / 4.58 / 1.85, independent + overlap-add
+    # 2.31 / 4.51 / 1.85. The two continuation stitchings are both close to seamless; crossfade keeps the
+    # flux (the most audible) at 1.00, and the jump, one sample per seam, is the noisiest of the three.
     mode: str = "continuation"
     stitch: str = "crossfade"
     crossfade_curve: str = "equal_power"
