@@ -527,7 +527,8 @@ class Spectrogram:
             else:
                 # t = c + relaxation (y - c), written over y; then c = t + momentum (t - t_prev), over the
                 # old c (at the second iteration c is t_prev itself: each element is read before it is written).
-                torch.lerp(estimate, rebuilt, relaxation, out=rebuilt)
+                if relaxation != 1.0:
+                    torch.lerp(estimate, rebuilt, relaxation, out=rebuilt)
                 torch.lerp(rebuilt, previous, -_GRIFFIN_LIM_MOMENTUM, out=estimate)
             torch.sgn(estimate, out=angles)  # unit phasors (0 where the spectrum is 0)
             previous = rebuilt
@@ -550,9 +551,9 @@ class Spectrogram:
             if previous is None:
                 estimate = rebuilt
             else:
-                relaxed = estimate + relaxation * (rebuilt - estimate)
-                estimate = relaxed + _GRIFFIN_LIM_MOMENTUM * (relaxed - previous)
-                rebuilt = relaxed
+                if relaxation != 1.0:
+                    rebuilt = torch.lerp(estimate, rebuilt, relaxation)
+                estimate = torch.lerp(rebuilt, previous, -_GRIFFIN_LIM_MOMENTUM)
             angles = torch.sgn(estimate)
             previous = rebuilt
         return torch.istft(magnitude * angles, n_fft, hop, window=window, length=length)
