@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import torch
 
-from distill_nb.audio import Spectrogram, crossfade_chunks
+from distill_nb.audio import _NNLS_TOLERANCE, Spectrogram, crossfade_chunks
 from distill_nb.generation import _DECODED_NNLS_TOLERANCE, GenerationSettings, generate
 from distill_nb.model_file import DEFAULT_MODEL_PATH, LoadedVQModel, load_default_model
 from distill_nb.prior import CodePrior, PriorConfig, unflatten_codes
@@ -59,26 +59,30 @@ def seconds(run: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def linear_magnitude(spectrogram: Spectrogram, mel: torch.Tensor, tolerance: float) -> tuple[torch.Tensor, ...]:
+    """log-mel [B, n_mels, frames] -> (NNLS linear magnitude [B, frames, bins], the STFT window), as
+    mel_to_waveform computes them."""
+    bases = spectrogram._bases_on(mel.device)
+    power_mel = (mel.exp() - spectrogram.config.log_floor).clamp_min(0.0).transpose(1, 2)
+    return spectrogram._mel_power_to_linear(power_mel, bases, tolerance).sqrt(), bases.window
+
+
 def seed_style_inversion(spectrogram: Spectrogram, mel: torch.Tensor, n_iter: int, seed: int) -> torch.Tensor:
     """log-mel [B, n_mels, frames] -> [B, chunk]: NNLS, random phase, Griffin-Lim via torch.stft/istft."""
     with torch.inference_mode():
-        bases = spectrogram._bases_on(mel.device)
-        power_mel = (mel.exp() - spectrogram.config.log_floor).clamp_min(0.0).transpose(1, 2)
-        magnitude = spectrogram._mel_power_to_linear(power_mel, bases).sqrt()
+        magnitude, window = linear_magnitude(spectrogram, mel, _NNLS_TOLERANCE)
         phase = 2 * math.pi * torch.rand(magnitude.shape, generator=torch.Generator().manual_seed(seed))
         return spectrogram._griffin_lim_general(magnitude, torch.polar(torch.ones_like(phase), phase), n_iter,
-                                                spectrogram.chunk_samples, bases.window, relaxation=1.0)
+                                                spectrogram.chunk_samples, window, relaxation=1.0)
 
 
 def plain_inversion(spectrogram: Spectrogram, mel: torch.Tensor, n_iter: int) -> torch.Tensor:
     """mel_to_waveform as generation calls it, but with plain fast Griffin-Lim (no relaxation)."""
     with torch.inference_mode():
-        bases = spectrogram._bases_on(mel.device)
-        power_mel = (mel.exp() - spectrogram.config.log_floor).clamp_min(0.0).transpose(1, 2)
-        magnitude = spectrogram._mel_power_to_linear(power_mel, bases, _DECODED_NNLS_TOLERANCE).sqrt()
+        magnitude, window = linear_magnitude(spectrogram, mel, _DECODED_NNLS_TOLERANCE)
         phase = spectrogram._integrated_phase(magnitude)
         return spectrogram._griffin_lim(magnitude, torch.complex(torch.cos(phase), torch.sin(phase)), n_iter,
-                                        spectrogram.chunk_samples, bases.window, relaxation=1.0)
+                                        spectrogram.chunk_samples, window, relaxation=1.0)
 
 
 def seed_style_audio(loaded: LoadedVQModel, seed: int) -> None:
