@@ -58,6 +58,7 @@ _GRIFFIN_LIM_MOMENTUM = 0.99
 # 0.1855 (relaxation 1.2: 0.1857; 16 relaxed: 0.1839). On the vibrato, chirp and noise-burst test signals it
 # helps or ties from 12 to 64 iterations, from either start; a larger relaxation (1.3) starts to lose at 12-16.
 _GRIFFIN_LIM_RELAXATION = 1.25
+_SMALLEST_NORMAL = torch.finfo(torch.float32).tiny
 _PHASE_INITS = ("gradient", "random")
 # The Gaussian window exp(-pi t^2 / lam) closest to a Hann window of length n has lam = 0.25645 n^2
 # (Průša et al. 2017); in units of n_fft^2, as the instantaneous-frequency estimate uses it.
@@ -504,19 +505,26 @@ class Spectrogram:
         The STFT is framed by hand (as torch.stft(center=True, pad_mode="reflect") frames) so that it
         stays frame-major and writes into buffers allocated once where torch allows it (FFT outputs are
         fresh): multi-megabyte temporaries every iteration cost more in page faults than in arithmetic.
+        Complex element-wise kernels are slow on the CPU (a complex lerp takes 3.6x the time of the same
+        lerp on the float view, `sgn` and `abs` 3-6x a float multiply), so the extrapolation runs on float
+        views and the magnitude projection c |X| / |c| is written as float operations and one complex
+        multiply, which makes an iteration ~30 % shorter than with `torch.sgn`.
         """
         n_fft, hop = self.config.n_fft, self.config.hop_length
         if n_fft % hop:  # torch.stft / torch.istft with fresh tensors; never at the default settings
             return self._griffin_lim_general(magnitude, angles, n_iter, length, window, relaxation)
         batch, frames, bins = magnitude.shape
-        angles = angles.clone(memory_format=torch.contiguous_format)  # written in place below
-        spectrum, estimate, previous = torch.empty_like(angles), None, None
-        windowed = torch.empty(batch, frames, n_fft, device=magnitude.device)
-        padded = torch.empty(batch, length + n_fft, device=magnitude.device)  # reflect-padded waveform
+        device, real = magnitude.device, torch.view_as_real
+        spectrum = torch.mul(magnitude, angles).contiguous()  # |X| e^(i phase), rewritten by every projection
+        estimate, previous = None, None
+        windowed = torch.empty(batch, frames, n_fft, device=device)
+        padded = torch.empty(batch, length + n_fft, device=device)  # reflect-padded waveform
+        squares = torch.empty(batch, frames, bins, 2, device=device)  # re^2, im^2 of c
+        gain = torch.empty_like(magnitude)  # |X| / |c|
+        complex_gain = torch.empty_like(spectrum)  # the same as a complex tensor: complex x complex is fast
         half = n_fft // 2
         inverse_envelope = self._inverse_envelope(frames, length, window)
         for iteration in range(n_iter):
-            torch.mul(magnitude, angles, out=spectrum)
             self._overlap_add(spectrum, window, inverse_envelope, windowed, out=padded[:, half : half + length])
             # Reflect padding as torch.stft(center=True, pad_mode="reflect") does it.
             padded[:, :half] = padded[:, half + 1 : 2 * half + 1].flip(-1)
@@ -528,13 +536,17 @@ class Spectrogram:
                 # t = c + relaxation (y - c), written over y; then c = t + momentum (t - t_prev), over the
                 # old c (at the second iteration c is t_prev itself: each element is read before it is written).
                 if relaxation != 1.0:
-                    torch.lerp(estimate, rebuilt, relaxation, out=rebuilt)
-                torch.lerp(rebuilt, previous, -_GRIFFIN_LIM_MOMENTUM, out=estimate)
-            torch.sgn(estimate, out=angles)  # unit phasors (0 where the spectrum is 0)
+                    torch.lerp(real(estimate), real(rebuilt), relaxation, out=real(rebuilt))
+                torch.lerp(real(rebuilt), real(previous), -_GRIFFIN_LIM_MOMENTUM, out=real(estimate))
+            # X = c |X| / |c|. |c| is floored at the smallest normal float, so c = 0 gives X = 0 as torch.sgn
+            # does; only a |c| below ~1e-19, whose square underflows, would come out too quiet.
+            torch.mul(real(estimate), real(estimate), out=squares)
+            torch.add(squares[..., 0], squares[..., 1], out=gain)
+            gain.clamp_min_(_SMALLEST_NORMAL).rsqrt_().mul_(magnitude)
+            torch.mul(estimate, complex_gain.copy_(gain), out=spectrum)
             previous = rebuilt
-        out = torch.empty(batch, length, device=magnitude.device)
-        return self._overlap_add(torch.mul(magnitude, angles, out=spectrum), window, inverse_envelope, windowed,
-                                 out=out)
+        out = torch.empty(batch, length, device=device)
+        return self._overlap_add(spectrum, window, inverse_envelope, windowed, out=out)
 
     def _griffin_lim_general(
         self, magnitude: torch.Tensor, angles: torch.Tensor, n_iter: int, length: int, window: torch.Tensor,
