@@ -355,6 +355,7 @@ class Spectrogram:
         generator: torch.Generator | None = None,
         phase_init: str = "gradient",
         nnls_tolerance: float = _NNLS_TOLERANCE,
+        nnls_max_steps: int = _NNLS_MAX_STEPS,
     ) -> torch.Tensor:
         """Invert log-mels to audio: NNLS mel -> linear magnitude, then fast Griffin-Lim.
 
@@ -373,6 +374,9 @@ class Spectrogram:
             nnls_tolerance: in (0, 1); the NNLS of a chunk stops once ||F x - p|| / ||p|| is below it.
                 The default 1e-4 keeps the mel of real audio exact; a decoded mel renders no better
                 below 1e-2 (generation passes that; see `_DECODED_NNLS_TOLERANCE` there).
+            nnls_max_steps: an int >= 0, the most FISTA steps of the NNLS (0 = its start estimate). The
+                default 128 lets the mel of real audio converge; generation stops a decoded mel's NNLS
+                early (see `_DECODED_NNLS_STEPS` there).
 
         Returns:
             float32 [B, length] on the mel's device.
@@ -399,6 +403,8 @@ class Spectrogram:
             raise ValueError(f"phase_init must be one of {_PHASE_INITS}, got {phase_init!r}")
         if isinstance(nnls_tolerance, bool) or not isinstance(nnls_tolerance, Real) or not 0 < nnls_tolerance < 1:
             raise ValueError(f"nnls_tolerance must be a float in (0, 1), got {nnls_tolerance!r}")
+        if isinstance(nnls_max_steps, bool) or not isinstance(nnls_max_steps, Integral) or nnls_max_steps < 0:
+            raise ValueError(f"nnls_max_steps must be an integer >= 0, got {nnls_max_steps!r}")
         if generator is None:
             generator = torch.Generator().manual_seed(0)
         if len(mel) == 0:  # nothing to invert (the FFT libraries reject an empty batch)
@@ -409,7 +415,8 @@ class Spectrogram:
             # Frame-major from here on ([B, frames, bins], as rfft of the frames gives): the NNLS products
             # are then one matrix product over all frames of all chunks, and Griffin-Lim needs no transposes.
             power_mel = (torch.exp(mel.float()) - self.config.log_floor).clamp_min(0.0).transpose(1, 2)
-            magnitude = self._mel_power_to_linear(power_mel, bases, nnls_tolerance).sqrt()  # [B, frames, bins]
+            # [B, frames, bins]
+            magnitude = self._mel_power_to_linear(power_mel, bases, nnls_tolerance, nnls_max_steps).sqrt()
             if phase_init == "gradient":
                 phase = self._integrated_phase(magnitude)
             else:
@@ -439,7 +446,7 @@ class Spectrogram:
         return torch.cat([start, advance], dim=1).cumsum(dim=1)
 
     def _mel_power_to_linear(self, power_mel: torch.Tensor, bases: _DeviceBases,
-                             tolerance: float = _NNLS_TOLERANCE) -> torch.Tensor:
+                             tolerance: float = _NNLS_TOLERANCE, max_steps: int = _NNLS_MAX_STEPS) -> torch.Tensor:
         """Non-negative least squares ``filterbank @ x ~= power_mel``, x >= 0, by preconditioned FISTA.
 
         Frame-major, [B, frames, n_mels] -> [B, frames, bins]. Each chunk starts from the better fitting of
@@ -448,9 +455,10 @@ class Spectrogram:
         power spread over its bins. A decoded mel is slightly inconsistent, and its clamped pseudo-inverse
         fits it worse than silence (residual ~3); from the spread start Griffin-Lim ends closer to the
         decoded mel (44 decoded chunks: closer on 31, mean spectral convergence 0.1785 against 0.1827).
-        Each chunk stops on its own (at `tolerance`, or when it stalls: see `_NNLS_STALL`), so its result
-        does not depend on the rest of the batch, and a stopped chunk leaves the batch. The updates write
-        into buffers: a fresh multi-megabyte tensor per operation costs more than the arithmetic.
+        Each chunk stops on its own (at `tolerance`, when it stalls: see `_NNLS_STALL`, or after `max_steps`
+        FISTA steps), so its result does not depend on the rest of the batch, and a stopped chunk leaves the
+        batch. The updates write into buffers: a fresh multi-megabyte tensor per operation costs more than the
+        arithmetic.
         """
         fb, step = bases.filterbank, bases.step
         starts = torch.stack([(power_mel @ bases.pinv.T).clamp_min_(0.0), power_mel @ bases.spread.T])
@@ -464,7 +472,7 @@ class Spectrogram:
         target, y, t = power_mel, x.clone(), 1.0
         x_next, gradient = torch.empty_like(x), torch.empty_like(x)
         previous_residual = torch.full_like(scale, math.inf)
-        for iteration in range(1, _NNLS_MAX_STEPS + 1):
+        for iteration in range(1, max_steps + 1):
             if iteration > 1:
                 error = torch.matmul(y, fb.T).sub_(target)
             if iteration % _NNLS_CHECK_EVERY == 0:  # the residual at y is free here: no extra matmul

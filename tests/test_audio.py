@@ -172,6 +172,9 @@ def test_mel_to_waveform_lengths_and_shapes():
     for bad_tolerance in (0.0, 1.0, -1e-3, True, "1e-3", float("nan")):
         with pytest.raises(ValueError, match="nnls_tolerance"):
             spectrogram.mel_to_waveform(mel, n_iter=0, nnls_tolerance=bad_tolerance)
+    for bad_steps in (-1, 2.0, True, "4", None):
+        with pytest.raises(ValueError, match="nnls_max_steps"):
+            spectrogram.mel_to_waveform(mel, n_iter=0, nnls_max_steps=bad_steps)
 
 
 def test_mel_to_waveform_is_deterministic_and_random_phases_follow_the_generator():
@@ -293,6 +296,27 @@ def test_nnls_recovers_the_linear_power_of_a_real_mel():
     # A looser tolerance stops sooner, still within it (generation's, for decoded mels).
     loose = spectrogram._mel_power_to_linear(power_mel, bases, tolerance=1e-2)
     assert residual(linear) < residual(loose) < 1e-2
+
+
+def test_nnls_max_steps_stops_fista_after_that_many_steps():
+    """max_steps = k gives the k-th FISTA iterate, here written out in float64 from the better-fitting start."""
+    spectrogram = Spectrogram()
+    x = _signals(48000, 0.25)["chirp"]  # a real mel: its NNLS runs ~40 steps when not stopped
+    power_mel = (torch.exp(spectrogram.waveform_to_mel(x)) - spectrogram.config.log_floor).transpose(1, 2)
+    bases = spectrogram._bases_on(torch.device("cpu"))
+    fb, step = bases.filterbank.double().numpy(), bases.step.double().numpy()
+    p = power_mel[0].double().numpy()  # [frames, n_mels]
+    starts = [np.maximum(p @ bases.pinv.double().numpy().T, 0.0), p @ bases.spread.double().numpy().T]
+    x_k = min(starts, key=lambda start: np.linalg.norm(start @ fb.T - p))
+    y, t = x_k, 1.0
+    for k in range(6):
+        ours = spectrogram._mel_power_to_linear(power_mel, bases, max_steps=k)[0].double().numpy()
+        np.testing.assert_allclose(ours, x_k, rtol=0, atol=1e-4 * np.abs(x_k).max(), err_msg=f"after {k} steps")
+        x_next = np.maximum(y - step * ((y @ fb.T - p) @ fb), 0.0)
+        t_next = (1.0 + np.sqrt(1.0 + 4.0 * t * t)) / 2.0
+        y, x_k, t = x_next + (t - 1.0) / t_next * (x_next - x_k), x_next, t_next
+    converged = spectrogram._mel_power_to_linear(power_mel, bases)[0].double().numpy()
+    assert np.abs(converged - x_k).max() > 1e-2 * np.abs(x_k).max()  # 5 steps are far from the end
 
 
 @pytest.mark.parametrize(
