@@ -339,9 +339,9 @@ class CodePrior(nn.Module):
             qkv = torch.addmm(qkv_b, F.layer_norm(x, (C,), n1w, n1b, n1eps), qkv_w).view(B, 3, heads, 1, -1)
             keys_values[layer, :, :, :, position:] = qkv[:, 1:].transpose(0, 1)  # k and v, [2, B, heads, 1, head_dim]
             y = F.scaled_dot_product_attention(qkv[:, 0], keys_values[layer, 0], keys_values[layer, 1])
-            x = torch.addmm(x, y.reshape(B, C), proj_w).add_(proj_b)
+            x.addmm_(y.reshape(B, C), proj_w).add_(proj_b)  # in place: x is this step's own tensor
             g = torch.addmm(fc_b, F.layer_norm(x, (C,), n2w, n2b, n2eps), fc_w)  # the MLP's input / sqrt 2
-            x = torch.addmm(x, torch.erf(g).add_(1.0).mul_(g), out_w).add_(out_b)  # out_w holds the 1 / sqrt 2
+            x.addmm_(torch.erf(g).add_(1.0).mul_(g), out_w).add_(out_b)  # out_w holds the 1 / sqrt 2
         cache.length = position + 1
         return torch.addmm(weights.head[1], F.layer_norm(x, (C,), *weights.final_norm), weights.head[0]).float()
 

@@ -121,8 +121,8 @@ def _sorted_filtered(scores: torch.Tensor, top_p: float, min_p: float) -> tuple[
     """
     probs, order = scores.softmax(dim=-1).sort(dim=-1, descending=True, stable=True)
     cdf = probs.cumsum(dim=-1)
-    if 0.0 < top_p < 1.0:
-        last = torch.searchsorted(cdf, torch.full_like(cdf[..., :1], top_p)).clamp_max_(cdf.shape[-1] - 1)
+    if 0.0 < top_p < 1.0:  # the number of cdf values < top_p (cdf never falls)
+        last = (cdf < top_p).sum(dim=-1, keepdim=True).clamp_max_(cdf.shape[-1] - 1)
     else:
         last = torch.full_like(cdf[..., :1], cdf.shape[-1] - 1, dtype=torch.long)
     if min_p > 0.0:
@@ -147,12 +147,12 @@ def _draw(
     """One token per row of scaled scores [B, V], drawn from what `filter_logits` keeps, by inverse CDF.
 
     The tokens are laid out in descending order of probability and row b takes the one whose
-    interval of the kept mass holds uniforms[b] in [0, 1): token j with probability p_j / kept mass,
+    interval of the kept mass holds uniforms[b, 0] in [0, 1): token j with probability p_j / kept mass,
     never a removed token. Returns (tokens long [B], the kept mass [B, 1], NaN for a bad row).
     """
     cdf, order, last = _sorted_filtered(_top_k(scores, top_k), top_p, min_p)
     mass = cdf.gather(-1, last)
-    position = torch.searchsorted(cdf, uniforms[:, None] * mass, right=True)
+    position = torch.searchsorted(cdf, uniforms * mass, right=True)
     # u * mass < mass, so position <= last, except when rounding lands u * mass on the last boundary.
     return order.gather(-1, torch.minimum(position, last)).squeeze(-1), mass
 
@@ -239,9 +239,10 @@ def _sample(
         codes[:, : prefix.shape[1]] = prefix
     start = 0 if prefix is None else prefix.shape[1]
     # Row b's uniform for position i comes from its own generator, whatever the batch or the prefix.
+    # uniforms[i] is [B, 1], the shape the draw scales by the kept mass.
     uniforms = torch.stack(
-        [torch.rand(prior.seq_len, generator=torch.Generator().manual_seed(seed)) for seed in seeds]
-    ).to(prior_device)
+        [torch.rand(prior.seq_len, generator=torch.Generator().manual_seed(seed)) for seed in seeds], dim=1
+    ).unsqueeze(-1).to(prior_device)
 
     was_training = prior.training
     prior.eval()
@@ -253,8 +254,11 @@ def _sample(
             # reported once at the end instead of with a sync every step.
             mass_sum = torch.zeros(num_sequences, 1, device=prior_device)
             for i in range(start, prior.seq_len):
-                scores = logits_at(codes, i) / temperatures[i % prior.num_quantizers]  # codes[:, i] | codes[:, :i]
-                codes[:, i], mass = _draw(scores, top_k, top_p, min_p, uniforms[:, i])
+                scores = logits_at(codes, i)  # of codes[:, i] given codes[:, :i]
+                temperature = temperatures[i % prior.num_quantizers]
+                if temperature != 1.0:  # (x / 1 is x: skipping it saves an operation per step)
+                    scores = scores / temperature
+                codes[:, i], mass = _draw(scores, top_k, top_p, min_p, uniforms[i])
                 mass_sum += mass
             if not bool(torch.isfinite(mass_sum).all()):
                 raise ValueError(f"the prior produced non-finite logits: {_NON_FINITE}")

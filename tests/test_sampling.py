@@ -270,7 +270,7 @@ def test_filter_rejects_bad_logits(logits, kwargs, error):
 
 
 def draw(logits, uniforms, top_k=0, top_p=0.0, min_p=0.0):
-    return _draw(logits, top_k, top_p, min_p, uniforms)[0]
+    return _draw(logits, top_k, top_p, min_p, uniforms[:, None])[0]  # _draw takes uniforms [B, 1]
 
 
 def test_draw_splits_the_unit_interval_in_proportion_to_the_probabilities():
