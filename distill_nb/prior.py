@@ -96,6 +96,9 @@ class KVCache:
         shape = (config.n_layers, 2, batch_size, config.n_heads, config.seq_len, head_dim)
         self.keys_values = torch.zeros(shape, device=device, dtype=dtype)
         self.keys, self.values = self.keys_values[:, 0], self.keys_values[:, 1]
+        # Per layer (keys and values [2, B, n_heads, seq_len, head_dim], keys, values), for CodePrior.step:
+        # a method call on a stored view costs less than indexing the 6-d buffer anew every step.
+        self.layer_views = list(zip(self.keys_values.unbind(0), self.keys.unbind(0), self.values.unbind(0)))
         self.length = 0
         self.step_weights: _StepWeights | None = None  # filled by CodePrior.step
 
@@ -131,6 +134,7 @@ class _StepWeights:
     """
 
     blocks: list[tuple]  # per block: norm1 (weight, bias, eps), qkv, proj, norm2 (weight, bias, eps), fc, out
+    token_embedding: torch.Tensor  # [codebook_size, d_model]
     position_and_level: torch.Tensor  # [seq_len, d_model]: the position plus the level embedding
     final_norm: tuple[torch.Tensor, torch.Tensor, float]
     head: tuple[torch.Tensor, torch.Tensor]  # weight [d_model, codebook_size], bias
@@ -148,6 +152,7 @@ class _StepWeights:
                  b.mlp[2].bias)
                 for b in prior.blocks
             ],
+            token_embedding=prior.token_embedding.weight,
             position_and_level=prior.position_embedding.weight + prior.level_embedding(prior.levels),
             final_norm=(prior.final_norm.weight, prior.final_norm.bias, prior.final_norm.eps),
             head=(transposed(prior.head), prior.head.bias),
@@ -329,16 +334,16 @@ class CodePrior(nn.Module):
             cache.step_weights = _StepWeights.of(self)
         weights = cache.step_weights
         position = cache.length
-        x = self.token_embedding.weight[tokens] + weights.position_and_level[position]
+        x = weights.token_embedding.index_select(0, tokens).add_(weights.position_and_level[position])
         B, C = x.shape
         heads = self.config.n_heads
-        keys_values = cache.keys_values[:, :, :, :, : position + 1]
-        for layer, (n1w, n1b, n1eps, qkv_w, qkv_b, proj_w, proj_b, n2w, n2b, n2eps, fc_w, fc_b, out_w, out_b) in (
-            enumerate(weights.blocks)
-        ):
+        for (keys_values, keys, values), (n1w, n1b, n1eps, qkv_w, qkv_b, proj_w, proj_b, n2w, n2b, n2eps, fc_w, fc_b,
+                                          out_w, out_b) in zip(cache.layer_views, weights.blocks):
             qkv = torch.addmm(qkv_b, F.layer_norm(x, (C,), n1w, n1b, n1eps), qkv_w).view(B, 3, heads, 1, -1)
-            keys_values[layer, :, :, :, position:] = qkv[:, 1:].transpose(0, 1)  # k and v, [2, B, heads, 1, head_dim]
-            y = F.scaled_dot_product_attention(qkv[:, 0], keys_values[layer, 0], keys_values[layer, 1])
+            # k and v, [2, B, heads, 1, head_dim], into the cache at this position
+            keys_values.narrow(3, position, 1).copy_(qkv.narrow(1, 1, 2).transpose(0, 1))
+            y = F.scaled_dot_product_attention(
+                qkv.select(1, 0), keys.narrow(2, 0, position + 1), values.narrow(2, 0, position + 1))
             x.addmm_(y.reshape(B, C), proj_w).add_(proj_b)  # in place: x is this step's own tensor
             g = torch.addmm(fc_b, F.layer_norm(x, (C,), n2w, n2b, n2eps), fc_w)  # the MLP's input / sqrt 2
             x.addmm_(torch.erf(g).add_(1.0).mul_(g), out_w).add_(out_b)  # out_w holds the 1 / sqrt 2
