@@ -337,18 +337,19 @@ class CodePrior(nn.Module):
         x = weights.token_embedding.index_select(0, tokens).add_(weights.position_and_level[position])
         B, C = x.shape
         heads = self.config.n_heads
+        # torch.layer_norm is what F.layer_norm calls, without its Python-side checks.
         for (keys_values, keys, values), (n1w, n1b, n1eps, qkv_w, qkv_b, proj_w, proj_b, n2w, n2b, n2eps, fc_w, fc_b,
                                           out_w, out_b) in zip(cache.layer_views, weights.blocks):
-            qkv = torch.addmm(qkv_b, F.layer_norm(x, (C,), n1w, n1b, n1eps), qkv_w).view(B, 3, heads, 1, -1)
+            qkv = torch.addmm(qkv_b, torch.layer_norm(x, (C,), n1w, n1b, n1eps), qkv_w).view(B, 3, heads, 1, -1)
             # k and v, [2, B, heads, 1, head_dim], into the cache at this position
             keys_values.narrow(3, position, 1).copy_(qkv.narrow(1, 1, 2).transpose(0, 1))
             y = F.scaled_dot_product_attention(
                 qkv.select(1, 0), keys.narrow(2, 0, position + 1), values.narrow(2, 0, position + 1))
             x.addmm_(y.reshape(B, C), proj_w).add_(proj_b)  # in place: x is this step's own tensor
-            g = torch.addmm(fc_b, F.layer_norm(x, (C,), n2w, n2b, n2eps), fc_w)  # the MLP's input / sqrt 2
+            g = torch.addmm(fc_b, torch.layer_norm(x, (C,), n2w, n2b, n2eps), fc_w)  # the MLP's input / sqrt 2
             x.addmm_(torch.erf(g).add_(1.0).mul_(g), out_w).add_(out_b)  # out_w holds the 1 / sqrt 2
         cache.length = position + 1
-        return torch.addmm(weights.head[1], F.layer_norm(x, (C,), *weights.final_norm), weights.head[0]).float()
+        return torch.addmm(weights.head[1], torch.layer_norm(x, (C,), *weights.final_norm), weights.head[0]).float()
 
 
 def flatten_codes(codes: torch.Tensor) -> torch.Tensor:

@@ -164,7 +164,7 @@ def _cached_logits(prior: CodePrior, batch_size: int, device: torch.device) -> L
         # The first call feeds the start token and the whole prefix; every later one the code sampled last.
         if cache.length == 0:
             return prior.next_logits(codes[:, :i], cache)
-        return prior.step(codes[:, i - 1], cache)
+        return prior.step(codes.select(1, i - 1), cache)
 
     return logits_at
 
@@ -258,7 +258,8 @@ def _sample(
                 temperature = temperatures[i % prior.num_quantizers]
                 if temperature != 1.0:  # (x / 1 is x: skipping it saves an operation per step)
                     scores = scores / temperature
-                codes[:, i], mass = _draw(scores, top_k, top_p, min_p, uniforms[i])
+                tokens, mass = _draw(scores, top_k, top_p, min_p, uniforms[i])
+                codes.select(1, i).copy_(tokens)  # codes[:, i] = tokens, without the index-tuple parsing
                 mass_sum += mass
             if not bool(torch.isfinite(mass_sum).all()):
                 raise ValueError(f"the prior produced non-finite logits: {_NON_FINITE}")
