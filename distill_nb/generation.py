@@ -164,10 +164,11 @@ class GenerationSettings:
     duration_s: float = 10.0
     overlap_samples: int = 2400
     # Defaults measured with bench/seam_bench.py --seeds 16 on the default model (10 s takes; flux / jump /
-    # texture ratio at seams, 1.0 = seamless): continuation + crossfade 1.00 / 1.06 / 1.03, continuation +
-    # overlap-add 1.04 / 0.92 / 1.02, independent + crossfade 2.63 / 4.58 / 1.85, independent + overlap-add
-    # 2.31 / 4.51 / 1.85. The two continuation stitchings are both close to seamless; crossfade keeps the
-    # flux (the most audible) at 1.00, and the jump, one sample per seam, is the noisiest of the three.
+    # texture ratio at seams, 1.0 = seamless): continuation + crossfade 1.00 / 1.07 / 1.06, continuation +
+    # overlap-add 1.00 / 1.08 / 1.03, independent + crossfade 2.54 / 5.02 / 1.88, independent + overlap-add
+    # 2.03 / 4.27 / 1.86. The two continuation stitchings are both close to seamless and within the noise of
+    # each other (an earlier Griffin-Lim gave 1.00 / 1.06 / 1.03 against 1.04 / 0.92 / 1.02); the jump, one
+    # sample per seam, is the noisiest of the three. Crossfade stays the default stitching.
     mode: str = "continuation"
     stitch: str = "crossfade"
     crossfade_curve: str = "equal_power"
