@@ -514,7 +514,7 @@ class Spectrogram:
         beta = alpha. relaxation = 1 is plain fast Griffin-Lim (Perraudin et al. 2013; librosa's, torchaudio's).
         The STFT is framed by hand (as torch.stft(center=True, pad_mode="reflect") frames) so that it
         stays frame-major and writes into buffers allocated once where torch allows it (FFT outputs are
-        fresh): multi-megabyte temporaries every iteration cost more in page faults than in arithmetic.
+        fresh): multi-megabyte temporaries every iteration cost more than the arithmetic.
         Complex element-wise kernels are slow on the CPU (a complex lerp takes 3.6x the time of the same
         lerp on the float view, `sgn` and `abs` 3-6x a float multiply), so the extrapolation runs on float
         views and the magnitude projection c |X| / |c| is written as float operations and one complex
