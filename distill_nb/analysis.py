@@ -13,6 +13,8 @@ import torch
 
 # top_share in LevelStats: the share of all counts that falls on the most used TOP_FRACTION of the codebook.
 TOP_FRACTION = 0.1
+# A frame more than this many dB below the loudest frame of its signal is silent (seams).
+SILENT_DB = 60.0
 
 
 def code_histograms(codes: torch.Tensor | np.ndarray, codebook_size: int,
@@ -168,34 +170,45 @@ class SeamReport:
     Spectral flux measures how much new energy appears from one STFT frame to the next; a click or a
     hard switch of texture at a seam gives a peak. For each seam the peak flux over the frames whose
     window covers the seam is compared with the median of the same peak taken over every stretch of
-    as many frames that touches no seam. A ratio near 1 means the seam is no more abrupt than the
-    audio around it; 2 means twice as abrupt as a typical stretch.
+    as many frames that touches no seam and is not silent. A ratio near 1 means the seam is no more
+    abrupt than the audio around it; 2 means twice as abrupt as a typical stretch.
 
-    The sample-level jump |x[s] - x[s - 1]| at each seam is compared with the median |x[n] - x[n - 1]|
-    of the whole signal in the same way (a single noisy sample, so read it next to the flux ratio).
+    The sample-level jump |x[s] - x[s - 1]| at each seam is compared in the same way with the median
+    |x[n] - x[n - 1]| over the non-silent frames (a single noisy sample, so read it next to the flux ratio).
+
+    Silence: a frame is silent when its RMS is more than ``SILENT_DB`` (60 dB) below the loudest frame
+    of the audio. A seam whose covering frames are all silent has nothing to hear, so it is counted in
+    ``silent`` and not scored: its ratios are NaN, as are all ratios of a measure without a reference
+    (``missing_reference`` says why). No ratio is ever inf.
 
     Attributes (n_seams = len(seam_samples)):
         seam_samples: seam positions in samples.
         sample_rate: Hz.
         n_fft, hop_length: STFT frame and hop, in samples.
+        silent: bool [n_seams], True where every frame covering the seam is silent.
         seam_flux: float64 [n_seams], peak spectral flux around each seam.
-        baseline_flux: median peak flux of seam-free stretches.
-        flux_ratio: float64 [n_seams], seam_flux / baseline_flux.
+        baseline_flux: median peak flux of the non-silent seam-free stretches; NaN when there are none.
+        flux_ratio: float64 [n_seams], seam_flux / baseline_flux; NaN for silent seams and when
+            baseline_flux is NaN or 0.
         jump: float64 [n_seams], |x[s] - x[s - 1]| at each seam.
-        typical_jump: median |x[n] - x[n - 1]| of the whole signal.
-        jump_ratio: float64 [n_seams], jump / typical_jump (inf when the signal is otherwise constant).
+        typical_jump: median |x[n] - x[n - 1]| within non-silent frames; NaN when all audio is silent.
+        jump_ratio: float64 [n_seams], jump / typical_jump; NaN for silent seams and when typical_jump
+            is NaN or 0.
+        missing_reference: None when both references exist; otherwise which one is missing and why.
     """
 
     seam_samples: list[int]
     sample_rate: int
     n_fft: int
     hop_length: int
+    silent: np.ndarray
     seam_flux: np.ndarray
     baseline_flux: float
     flux_ratio: np.ndarray
     jump: np.ndarray
     typical_jump: float
     jump_ratio: np.ndarray
+    missing_reference: str | None
 
     @property
     def seam_times_s(self) -> np.ndarray:
@@ -203,9 +216,24 @@ class SeamReport:
         return np.asarray(self.seam_samples, dtype=np.float64) / self.sample_rate
 
     @property
+    def silent_count(self) -> int:
+        """How many seams are silent (not scored)."""
+        return int(self.silent.sum())
+
+    @property
+    def silent_share(self) -> float:
+        """Share of the seams that are silent, in [0, 1]; NaN without seams."""
+        return self.silent_count / len(self.silent) if len(self.silent) else math.nan
+
+    @property
     def median_flux_ratio(self) -> float:
-        """One number for the whole take: the median of ``flux_ratio`` (NaN without seams)."""
-        return float(np.median(self.flux_ratio)) if len(self.flux_ratio) else math.nan
+        """One number for the whole take: the median ``flux_ratio`` of the non-silent seams (NaN if none)."""
+        return _scored_median(self.flux_ratio, self.silent)
+
+    @property
+    def median_jump_ratio(self) -> float:
+        """The median ``jump_ratio`` of the non-silent seams (NaN if none)."""
+        return _scored_median(self.jump_ratio, self.silent)
 
 
 # Log magnitudes are floored this far below the loudest bin, so near-silent bins do not add noise to the flux.
@@ -217,16 +245,17 @@ def seam_discontinuity(audio: np.ndarray | torch.Tensor, sample_rate: int, seam_
     """Measure how abrupt each seam of stitched audio is (see ``SeamReport`` for the method).
 
     Args:
-        audio: mono signal [n] (numpy or torch, any float dtype).
+        audio: finite mono signal [n] (numpy or torch, any real dtype).
         sample_rate: Hz, > 0.
         seam_samples: seam positions in samples, each in [1, n - 1] (e.g. ``GenerationResult.seam_samples``).
         n_fft: STFT frame length in samples (Hann window, no padding), 2 <= n_fft <= n.
         hop: STFT hop in samples, 1 <= hop <= n_fft.
 
     Spectral flux of frame i: L2 norm of the positive part of (S_i - S_{i-1}), with S the log magnitude
-    in dB relative to the loudest bin of the signal, floored at -80 dB. Deterministic (float64 numpy).
+    in dB relative to the loudest bin of the signal, floored at -80 dB. Silence is judged on the same
+    frames (unwindowed RMS). Deterministic (float64 numpy).
     """
-    x = np.asarray(audio.detach().cpu() if isinstance(audio, torch.Tensor) else audio, dtype=np.float64)
+    x = _real_array(audio, "audio")
     if x.ndim != 1:
         raise ValueError(f"audio must be mono [n], got shape {x.shape}")
     if not sample_rate > 0:
@@ -239,8 +268,9 @@ def seam_discontinuity(audio: np.ndarray | torch.Tensor, sample_rate: int, seam_
     if any(not 1 <= s <= len(x) - 1 for s in seams):
         raise ValueError(f"seam_samples must lie in [1, len(audio) - 1 = {len(x) - 1}], got {seams}")
 
-    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop] * np.hanning(n_fft)
-    magnitude = np.abs(np.fft.rfft(frames, axis=-1))
+    raw_frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop]
+    silent_frame = _frame_level_db(x, n_fft, hop) < -SILENT_DB
+    magnitude = np.abs(np.fft.rfft(raw_frames * np.hanning(n_fft), axis=-1))
     log_mag = 20 * np.log10(np.maximum(magnitude / max(magnitude.max(), 1e-12), 1e-12))
     log_mag = np.maximum(log_mag, -_FLUX_FLOOR_DB)
     # flux[j] compares frame j + 1 with frame j.
@@ -252,12 +282,14 @@ def seam_discontinuity(audio: np.ndarray | torch.Tensor, sample_rate: int, seam_
     regions = []
     for s in seams:
         first_frame = max(0, -(-(s - n_fft + 1) // hop))
-        last_frame = min(s // hop, len(frames) - 1)
+        last_frame = min(s // hop, len(raw_frames) - 1)
         if first_frame > last_frame:
             raise ValueError(f"seam at sample {s} lies after the last full frame of n_fft={n_fft}; "
                              f"seam_samples must leave a frame to measure")
         regions.append((max(first_frame - 1, 0), min(last_frame, len(flux) - 1)))
     seam_flux = np.array([flux[lo:hi + 1].max() for lo, hi in regions])
+    # flux[lo..hi] compares frames lo..hi + 1.
+    silent = np.array([silent_frame[lo:hi + 2].all() for lo, hi in regions], dtype=bool)
 
     near_seam = np.zeros(len(flux), dtype=bool)
     for lo, hi in regions:
@@ -268,21 +300,77 @@ def seam_discontinuity(audio: np.ndarray | torch.Tensor, sample_rate: int, seam_
     if not clean.any():
         raise ValueError(f"audio of {len(x)} samples has no seam-free stretch of {width} frames to compare "
                          f"with; pass longer audio or fewer seam_samples")
-    baseline = float(np.median(stretch_peak[clean]))
+    # Stretch k covers flux[k:k + width], i.e. frames k .. k + width; it counts unless all of them are silent.
+    audible = ~np.lib.stride_tricks.sliding_window_view(silent_frame, width + 1).all(axis=-1)
+    reference = stretch_peak[clean & audible]
+    baseline = float(np.median(reference)) if len(reference) else math.nan
 
     steps = np.abs(np.diff(x))
     jump = np.array([steps[s - 1] for s in seams])
-    typical_jump = float(np.median(steps))
+    # Step n (x[n] to x[n + 1]) counts when both samples lie in one non-silent frame: a difference array
+    # marks steps start .. start + n_fft - 2 of every such frame.
+    starts = np.flatnonzero(~silent_frame) * hop
+    cover = np.zeros(len(steps) + 1, dtype=np.int64)
+    cover[starts] += 1
+    cover[starts + n_fft - 1] -= 1
+    audible_steps = steps[np.cumsum(cover)[:-1] > 0]
+    typical_jump = float(np.median(audible_steps)) if len(audible_steps) else math.nan
+
+    problems = []
+    if not len(reference):
+        problems.append("flux: every seam-free stretch is silent, so there is no baseline flux")
+    elif baseline == 0:
+        problems.append("flux: the non-silent seam-free stretches have no spectral flux (baseline 0)")
+    if not len(audible_steps):
+        problems.append("jump: all audio is silent, so there is no typical sample jump")
+    elif typical_jump == 0:
+        problems.append("jump: the non-silent audio never changes from one sample to the next (typical jump 0)")
     return SeamReport(seam_samples=seams, sample_rate=int(sample_rate), n_fft=n_fft, hop_length=hop,
-                      seam_flux=seam_flux, baseline_flux=baseline, flux_ratio=_ratio(seam_flux, baseline),
-                      jump=jump, typical_jump=typical_jump, jump_ratio=_ratio(jump, typical_jump))
+                      silent=silent, seam_flux=seam_flux, baseline_flux=baseline,
+                      flux_ratio=_seam_ratio(seam_flux, baseline, silent), jump=jump, typical_jump=typical_jump,
+                      jump_ratio=_seam_ratio(jump, typical_jump, silent),
+                      missing_reference="; ".join(problems) or None)
 
 
-def _ratio(values: np.ndarray, reference: float) -> np.ndarray:
-    """values / reference, with 0 / 0 = 1 (no change where nothing changes) and x / 0 = inf."""
-    if reference > 0:
-        return values / reference
-    return np.where(values > 0, np.inf, 1.0)
+def _seam_ratio(values: np.ndarray, reference: float, silent: np.ndarray) -> np.ndarray:
+    """values / reference, NaN for silent seams and everywhere when the reference is NaN or 0."""
+    if not reference > 0:
+        return np.full(len(values), math.nan)
+    return np.where(silent, math.nan, values / reference)
+
+
+def _scored_median(ratios: np.ndarray, silent: np.ndarray) -> float:
+    """Median of the ratios of non-silent seams; NaN when there are none (or they are unscored)."""
+    scored = ratios[~silent]
+    return float(np.median(scored)) if len(scored) else math.nan
+
+
+# Digital silence has no level in dB; frames are floored this far below the loudest frame.
+_LEVEL_FLOOR_DB = 200.0
+
+
+def _frame_level_db(x: np.ndarray, frame_length: int, hop_length: int) -> np.ndarray:
+    """RMS level [n_frames] of the frames of x in dB relative to the loudest, floored at -200 dB."""
+    # Squaring the signal once, not each frame, keeps memory at the signal's size for long inputs.
+    power = np.lib.stride_tricks.sliding_window_view(x * x, frame_length)[::hop_length].mean(axis=1)
+    loudest = power.max()
+    relative = power / loudest if loudest > 0 else np.zeros_like(power)
+    return 10 * np.log10(np.maximum(relative, 10 ** (-_LEVEL_FLOOR_DB / 10)))
+
+
+def _real_array(value: object, name: str) -> np.ndarray:
+    """A numpy or torch array of real numbers as finite float64; ValueError naming it otherwise."""
+    if isinstance(value, torch.Tensor):
+        if value.dtype.is_complex or value.dtype == torch.bool:
+            raise ValueError(f"{name} must hold real numbers, got dtype {value.dtype}")
+        value = value.detach().cpu().to(torch.float64).numpy()
+    array = np.asarray(value)
+    if array.dtype.kind not in "fiu":
+        raise ValueError(f"{name} must hold real numbers, got dtype {array.dtype}")
+    array = array.astype(np.float64, copy=False)
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} must be finite, got NaN or inf")
+    return array
 
 
 def _as_counts(counts: torch.Tensor | np.ndarray, name: str, allow_1d: bool = False) -> torch.Tensor:

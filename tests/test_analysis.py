@@ -166,6 +166,7 @@ def test_stationary_noise_has_seam_ratio_near_one():
     assert report.flux_ratio.shape == report.jump_ratio.shape == (3,)
     assert np.all((report.flux_ratio > 0.8) & (report.flux_ratio < 1.25))
     assert 0.8 < report.median_flux_ratio < 1.25
+    assert not report.silent.any() and report.silent_share == 0.0 and report.missing_reference is None
 
 
 def test_hard_switch_at_seam_gives_large_ratio():
@@ -185,16 +186,89 @@ def test_click_at_seam_gives_large_flux_and_jump_ratio():
 
 
 def test_seam_report_is_deterministic():
-    audio = noise(2, seed=3)
-    first, second = (seam_discontinuity(audio, SR, [SR]) for _ in range(2))
-    np.testing.assert_array_equal(first.flux_ratio, second.flux_ratio)
-    assert first.baseline_flux == second.baseline_flux
+    audio = np.concatenate([noise(2, seed=3), np.zeros(SR, dtype=np.float32)])
+    first, second = (seam_discontinuity(audio, SR, [SR, 2 * SR + SR // 2]) for _ in range(2))
+    for field in ("silent", "seam_flux", "flux_ratio", "jump", "jump_ratio"):
+        np.testing.assert_array_equal(getattr(first, field), getattr(second, field))  # NaN == NaN here
+    assert (first.baseline_flux, first.typical_jump) == (second.baseline_flux, second.typical_jump)
+
+
+def all_finite_or_nan(report):
+    return not any(np.isinf(getattr(report, field)).any()
+                   for field in ("flux_ratio", "jump_ratio", "baseline_flux", "typical_jump"))
+
+
+def test_seams_in_digital_silence_are_silent_not_perfect():
+    report = seam_discontinuity(np.zeros(3 * SR, dtype=np.float32), SR, [SR, 2 * SR])
+    np.testing.assert_array_equal(report.silent, [True, True])
+    assert (report.silent_count, report.silent_share) == (2, 1.0)
+    assert np.isnan(report.flux_ratio).all() and np.isnan(report.jump_ratio).all()
+    assert math.isnan(report.median_flux_ratio) and math.isnan(report.median_jump_ratio)
+    assert math.isnan(report.baseline_flux) and math.isnan(report.typical_jump)
+    assert "flux" in report.missing_reference and "jump" in report.missing_reference
+
+
+def test_half_silent_take_scores_only_its_sounding_seams():
+    quiet = noise(2, seed=4, scale=0.1 * 10 ** (-80 / 20))  # 80 dB down: below SILENT_DB, yet not digital zero
+    audio = np.concatenate([noise(2, seed=4), quiet])
+    report = seam_discontinuity(audio, SR, [SR // 2, 3 * SR // 2, 5 * SR // 2, 7 * SR // 2])
+    np.testing.assert_array_equal(report.silent, [False, False, True, True])
+    assert report.silent_share == 0.5 and report.missing_reference is None
+    assert np.all((report.flux_ratio[:2] > 0.8) & (report.flux_ratio[:2] < 1.25))
+    assert np.isnan(report.flux_ratio[2:]).all() and np.isnan(report.jump_ratio[2:]).all()
+    assert 0.8 < report.median_flux_ratio < 1.25
+    assert 0.1 < report.median_jump_ratio < 10  # typical jump of the noise half, not of the quiet half
+
+
+def test_mostly_silent_take_keeps_a_sounding_baseline():
+    audio = np.concatenate([noise(1, seed=5), np.zeros(3 * SR, dtype=np.float32)])
+    report = seam_discontinuity(audio, SR, [SR // 2, 3 * SR // 2, 5 * SR // 2, 7 * SR // 2])
+    np.testing.assert_array_equal(report.silent, [False, True, True, True])
+    assert report.baseline_flux > 0 and report.typical_jump > 0
+    assert 0.7 < report.flux_ratio[0] < 1.4 and 0.01 < report.jump_ratio[0] < 100
+    assert report.median_flux_ratio == report.flux_ratio[0]
+    assert all_finite_or_nan(report)
+
+
+def test_click_in_silence_at_a_seam_is_scored_high():
+    audio = np.concatenate([noise(1, seed=6), np.zeros(SR, dtype=np.float32)])
+    click = 3 * SR // 2
+    audio[click:click + 4] = 0.5
+    report = seam_discontinuity(audio, SR, [click, 7 * SR // 4])
+    np.testing.assert_array_equal(report.silent, [False, True])
+    assert report.flux_ratio[0] > 3 and report.jump_ratio[0] > 3  # white noise's steps are large too
+    assert np.isnan(report.flux_ratio[1])
+
+
+def test_without_a_sounding_reference_ratios_are_nan_and_the_report_says_why():
+    # A click exactly at a seam in silence: every seam-free stretch is silent and the click's frames
+    # hold almost only zero steps, so neither measure has a reference.
+    seam = 256 * 187
+    audio = np.zeros(2 * SR, dtype=np.float32)
+    audio[seam:seam + 4] = 0.5
+    report = seam_discontinuity(audio, SR, [seam])
+    assert not report.silent[0]
+    assert math.isnan(report.baseline_flux) and report.typical_jump == 0
+    assert np.isnan(report.flux_ratio).all() and np.isnan(report.jump_ratio).all()
+    assert "every seam-free stretch is silent" in report.missing_reference
+    assert "typical jump 0" in report.missing_reference
+    assert all_finite_or_nan(report)
+
+
+def test_constant_audio_gives_nan_ratios_not_one_or_inf():
+    report = seam_discontinuity(np.full(2 * SR, 0.5, dtype=np.float32), SR, [SR])
+    assert not report.silent[0]  # a DC offset is loud, but nothing changes to compare with
+    assert report.baseline_flux == 0 and report.typical_jump == 0
+    assert np.isnan(report.flux_ratio).all() and np.isnan(report.jump_ratio).all()
+    assert "baseline 0" in report.missing_reference and all_finite_or_nan(report)
 
 
 def test_seam_discontinuity_errors():
     audio = noise(1)
     with pytest.raises(ValueError, match="audio"):
         seam_discontinuity(audio.reshape(2, -1), SR, [100])
+    with pytest.raises(ValueError, match="audio must be finite"):
+        seam_discontinuity(np.where(np.arange(len(audio)) == 7, np.nan, audio), SR, [100])
     with pytest.raises(ValueError, match="sample_rate"):
         seam_discontinuity(audio, 0, [100])
     with pytest.raises(ValueError, match="n_fft"):
