@@ -1,4 +1,5 @@
-"""Measurements over codes and audio: code histograms, per-level statistics, divergences, seams.
+"""Measurements over codes and audio: code histograms, per-level statistics, divergences, seams,
+audio features and distances between sets of audio.
 
 Pure functions over tensors and arrays; nothing here knows about models or files, so notebooks can
 apply them to generated takes, training codes or any audio alike.
@@ -6,6 +7,7 @@ apply them to generated takes, training codes or any audio alike.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +15,7 @@ import torch
 
 # top_share in LevelStats: the share of all counts that falls on the most used TOP_FRACTION of the codebook.
 TOP_FRACTION = 0.1
-# A frame more than this many dB below the loudest frame of its signal is silent (seams).
+# A frame more than this many dB below the loudest frame of its signal is silent (seams, audio features).
 SILENT_DB = 60.0
 
 
@@ -345,8 +347,201 @@ def _scored_median(ratios: np.ndarray, silent: np.ndarray) -> float:
     return float(np.median(scored)) if len(scored) else math.nan
 
 
+def spectral_convergence(reference: np.ndarray | torch.Tensor, estimate: np.ndarray | torch.Tensor) -> float:
+    """||reference - estimate||_F / ||reference||_F: the relative error of an estimate, e.g. of a magnitude
+    spectrogram rebuilt from a phase guess (0 = exact, 1 = as far off as an all-zero estimate).
+
+    Args:
+        reference, estimate: finite real arrays or tensors of the same shape, any number of dimensions;
+            ``reference`` must not be all zero.
+
+    Returns:
+        A float >= 0 (float64 arithmetic).
+    """
+    ref = _real_array(reference, "reference")
+    est = _real_array(estimate, "estimate")
+    if est.shape != ref.shape:
+        raise ValueError(f"estimate must have the shape of reference {ref.shape}, got {est.shape}")
+    norm = float(np.linalg.norm(ref.ravel()))
+    if norm == 0:
+        raise ValueError(f"reference must have a non-zero entry (the error is relative to its norm), "
+                         f"got {'an empty array' if ref.size == 0 else 'all zeros'} of shape {ref.shape}")
+    return float(np.linalg.norm((ref - est).ravel())) / norm
+
+
+@dataclass(frozen=True)
+class AudioFeatures:
+    """Frame-wise features of one or more signals, for comparing sets of audio (``feature_distance``).
+
+    Every signal is cut into frames of ``frame_length`` samples every ``hop_length`` samples (no
+    padding); the frames of all signals follow one another in signal order. n_frames counts all frames,
+    n_sounding the non-silent ones; the three spectral features exist for non-silent frames only.
+
+    Attributes:
+        sample_rate: Hz.
+        frame_length, hop_length: frame and hop in samples.
+        level_db: float64 [n_frames], the frame's RMS in dB relative to the loudest frame of the same
+            signal: <= 0, -200 dB for digital silence (the floor) and for every frame of an all-zero signal.
+        silent: bool [n_frames], level_db < -SILENT_DB (more than 60 dB below the signal's loudest frame).
+        centroid_hz: float64 [n_sounding], spectral centroid of the frame's power spectrum, in Hz,
+            in (0, sample_rate / 2].
+        flatness_db: float64 [n_sounding], 10 log10(geometric mean / arithmetic mean) of the power
+            spectrum, in [-100, 0] dB: 0 for a flat spectrum, about -2.5 dB for white noise (the
+            periodogram's e^-gamma), far below for a tone.
+        pitchiness: float64 [n_sounding], in [0, 1]: the highest normalised autocorrelation for a
+            period of 1/1000 to 1/60 s; about 1 for a steady periodic sound, near 0 for white noise.
+    """
+
+    sample_rate: float
+    frame_length: int
+    hop_length: int
+    level_db: np.ndarray
+    silent: np.ndarray
+    centroid_hz: np.ndarray
+    flatness_db: np.ndarray
+    pitchiness: np.ndarray
+
+    @property
+    def silent_share(self) -> float:
+        """Share of silent frames over all frames, in [0, 1]."""
+        return float(self.silent.mean())
+
+
 # Digital silence has no level in dB; frames are floored this far below the loudest frame.
 _LEVEL_FLOOR_DB = 200.0
+# Power spectra are floored this far below the frame's strongest bin, so flatness stays finite (>= -100 dB).
+_SPECTRUM_FLOOR_DB = 100.0
+# Periods searched by pitchiness: the range of voices and most pitched instruments.
+PITCH_RANGE_HZ = (60.0, 1000.0)
+# A frame whose variation about its mean has less than this share of its energy counts as constant.
+_CONSTANT_FRAME = 1e-12
+# Frames analysed per FFT call: bounds the memory of long inputs without giving up vectorisation.
+_FRAMES_PER_BLOCK = 256
+
+
+def audio_features(signals: np.ndarray | torch.Tensor | Sequence[np.ndarray | torch.Tensor], sample_rate: float,
+                   frame_length: int = 2048, hop_length: int = 512) -> AudioFeatures:
+    """Loudness, silence, spectral centroid, flatness and pitchiness per frame (see ``AudioFeatures``).
+
+    Args:
+        signals: one mono signal [n] or a sequence of them (the files of a corpus, several takes), numpy
+            or torch, real and finite; each needs at least ``frame_length`` samples. Levels are relative
+            to each signal's own loudest frame, so the signals' gains do not matter.
+        sample_rate: Hz, > 0.
+        frame_length: samples per frame; at least 2 * sample_rate / 60, so the longest period searched
+            by pitchiness (60 Hz) fits twice.
+        hop_length: samples between frame starts, >= 1.
+
+    Each non-silent frame is weighted with a Hann window sampled at half-sample offsets (no zero
+    weights, so no sound in a frame is lost) and transformed with a real FFT of 2 * frame_length points:
+    its even bins are the frame_length-point power spectrum (centroid, flatness), and the inverse FFT
+    of the mean-removed frame's power gives its autocorrelation. Pitchiness follows Boersma (1993): the
+    frame's normalised autocorrelation divided by the window's, whose highest value over the lags of
+    ``PITCH_RANGE_HZ`` is clipped to [0, 1]; a constant frame (a DC offset) gets 0.
+    """
+    rate = _positive_real(sample_rate, "sample_rate")
+    if isinstance(hop_length, bool) or not isinstance(hop_length, int) or hop_length < 1:
+        raise ValueError(f"hop_length must be an int >= 1, got {hop_length!r}")
+    shortest_lag = math.ceil(rate / PITCH_RANGE_HZ[1])
+    longest_lag = math.floor(rate / PITCH_RANGE_HZ[0])
+    if (isinstance(frame_length, bool) or not isinstance(frame_length, int)
+            or frame_length < max(2 * longest_lag, 2)):
+        raise ValueError(f"frame_length must be an int >= 2 * sample_rate / {PITCH_RANGE_HZ[0]:g} = "
+                         f"{max(2 * longest_lag, 2)} samples at {rate:g} Hz, got {frame_length!r}")
+    arrays = _signal_list(signals, frame_length)
+
+    window = np.sin(np.pi * (np.arange(frame_length) + 0.5) / frame_length) ** 2
+    window_spectrum = np.fft.rfft(window, 2 * frame_length)
+    window_acf = np.fft.irfft(np.abs(window_spectrum) ** 2, 2 * frame_length)[:longest_lag + 1]
+    lags = np.arange(shortest_lag, longest_lag + 1)
+    window_acf = window_acf[lags] / window_acf[0]
+    freqs = np.fft.rfftfreq(frame_length, 1.0 / rate)
+
+    levels, spectral = [], []
+    for x in arrays:
+        frames = np.lib.stride_tricks.sliding_window_view(x, frame_length)[::hop_length]
+        level = _frame_level_db(x, frame_length, hop_length)
+        levels.append(level)
+        sounding = np.flatnonzero(level >= -SILENT_DB)
+        for block in np.array_split(sounding, max(1, math.ceil(len(sounding) / _FRAMES_PER_BLOCK))):
+            frame = frames[block]
+            weighted = frame * window
+            spectrum = np.fft.rfft(weighted, 2 * frame_length)
+            power = np.abs(spectrum[:, ::2]) ** 2
+            power = np.maximum(power, power.max(axis=1, keepdims=True) * 10 ** (-_SPECTRUM_FLOOR_DB / 10))
+            centroid = (power * freqs).sum(axis=1) / power.sum(axis=1)
+            flatness = 10 / math.log(10) * (np.log(power).mean(axis=1) - np.log(power.mean(axis=1)))
+            # Removing the mean after windowing: rfft(w (x - m)) = rfft(w x) - m rfft(w).
+            centred = spectrum - frame.mean(axis=1, keepdims=True) * window_spectrum
+            acf = np.fft.irfft(np.abs(centred) ** 2, 2 * frame_length)[:, :longest_lag + 1]
+            energy = acf[:, :1]
+            # A constant frame leaves only rounding error after removing its mean: no pitch to find there.
+            varied = energy > _CONSTANT_FRAME * (weighted ** 2).sum(axis=1, keepdims=True)
+            normalised = np.divide(acf[:, lags], energy, out=np.zeros((len(block), len(lags))), where=varied)
+            pitchiness = np.clip((normalised / window_acf).max(axis=1), 0.0, 1.0)
+            spectral.append(np.stack([centroid, flatness, pitchiness]))
+    # Every signal adds at least one (possibly empty) block, so spectral is never empty.
+    centroid, flatness, pitchiness = np.concatenate(spectral, axis=1)
+    level_db = np.concatenate(levels)
+    return AudioFeatures(sample_rate=rate, frame_length=frame_length, hop_length=hop_length, level_db=level_db,
+                         silent=level_db < -SILENT_DB, centroid_hz=centroid, flatness_db=flatness,
+                         pitchiness=pitchiness)
+
+
+# The smallest spread each feature_distance scale may take, so a constant reference does not divide by 0:
+# about a just noticeable difference in the feature's unit (1 dB, a semitone in octaves, 1 dB, 0.05, 5 %).
+DISTANCE_SCALE_FLOOR = {"loudness": 1.0, "centroid": 1 / 12, "flatness": 1.0, "pitchiness": 0.05,
+                        "silent_share": 0.05}
+
+
+def feature_distance(features: AudioFeatures, reference: AudioFeatures) -> dict[str, float]:
+    """How far the feature distributions of ``features`` lie from those of ``reference``, in units of
+    the reference's spread (0 = the same distribution; 1 = off by one standard deviation).
+
+    For each frame feature of the non-silent frames -- "loudness" (level_db), "centroid" (log2 of
+    centroid_hz, in octaves), "flatness" (flatness_db) and "pitchiness" -- the 1-Wasserstein distance
+    between the two empirical distributions, divided by the reference's standard deviation or by
+    ``DISTANCE_SCALE_FLOOR[name]`` if that is larger. "silent_share" is the same for the 0/1 silence
+    indicator of all frames: |p - q| / max(sqrt(q (1 - q)), 0.05), with p and q the two silent shares.
+    "mean" averages the five. W1 is symmetric; the distance is not quite, as it is scaled by the
+    reference alone.
+
+    Both must come from ``audio_features`` with the same sample rate, frame and hop. When either set
+    has no non-silent frame, the four frame features are NaN, and so is "mean".
+    """
+    for name, value in (("features", features), ("reference", reference)):
+        if not isinstance(value, AudioFeatures):
+            raise TypeError(f"{name} must be AudioFeatures (from audio_features), got {type(value).__name__}")
+    settings = {"sample_rate": reference.sample_rate, "frame_length": reference.frame_length,
+                "hop_length": reference.hop_length}
+    theirs = {key: getattr(features, key) for key in settings}
+    if theirs != settings:
+        raise ValueError(f"features must be computed with the reference's settings {settings}, got {theirs}")
+
+    def frame_features(f: AudioFeatures) -> dict[str, np.ndarray]:
+        return {"loudness": f.level_db[~f.silent], "centroid": np.log2(f.centroid_hz),
+                "flatness": f.flatness_db, "pitchiness": f.pitchiness}
+
+    distances = {}
+    for (name, values), ref_values in zip(frame_features(features).items(), frame_features(reference).values()):
+        if len(values) and len(ref_values):
+            scale = max(float(ref_values.std()), DISTANCE_SCALE_FLOOR[name])
+            distances[name] = _wasserstein_1(values, ref_values) / scale
+        else:
+            distances[name] = math.nan
+    p, q = features.silent_share, reference.silent_share
+    distances["silent_share"] = abs(p - q) / max(math.sqrt(q * (1 - q)), DISTANCE_SCALE_FLOOR["silent_share"])
+    distances["mean"] = float(np.mean(list(distances.values())))
+    return distances
+
+
+def _wasserstein_1(u: np.ndarray, v: np.ndarray) -> float:
+    """1-Wasserstein distance between two empirical distributions: the area between their CDFs."""
+    u, v = np.sort(u), np.sort(v)
+    points = np.sort(np.concatenate([u, v]))
+    cdf_u = np.searchsorted(u, points[:-1], side="right") / len(u)
+    cdf_v = np.searchsorted(v, points[:-1], side="right") / len(v)
+    return float(np.sum(np.abs(cdf_u - cdf_v) * np.diff(points)))
 
 
 def _frame_level_db(x: np.ndarray, frame_length: int, hop_length: int) -> np.ndarray:
@@ -371,6 +566,36 @@ def _real_array(value: object, name: str) -> np.ndarray:
     if not np.isfinite(array).all():
         raise ValueError(f"{name} must be finite, got NaN or inf")
     return array
+
+
+def _positive_real(value: object, name: str) -> float:
+    """A finite number > 0 as float; ValueError naming it otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _signal_list(signals: object, frame_length: int) -> list[np.ndarray]:
+    """One signal [n] or a sequence of them as a list of float64 arrays of >= frame_length samples."""
+    if isinstance(signals, (np.ndarray, torch.Tensor)):
+        if signals.ndim != 1:
+            raise ValueError(f"signals must be one mono signal [n] or a sequence of them, got an array of "
+                             f"shape {tuple(signals.shape)}")
+        named = [("signals", signals)]
+    elif isinstance(signals, Sequence) and not isinstance(signals, str):
+        if not signals:
+            raise ValueError("signals must hold at least one signal, got an empty sequence")
+        named = [(f"signals[{i}]", signal) for i, signal in enumerate(signals)]
+    else:
+        raise ValueError(f"signals must be one mono signal [n] or a sequence of them, got {type(signals).__name__}")
+    arrays = []
+    for name, signal in named:
+        x = _real_array(signal, name)
+        if x.ndim != 1 or len(x) < frame_length:
+            raise ValueError(f"{name} must be mono [n] with n >= frame_length = {frame_length}, got shape {x.shape}")
+        arrays.append(x)
+    return arrays
 
 
 def _as_counts(counts: torch.Tensor | np.ndarray, name: str, allow_1d: bool = False) -> torch.Tensor:

@@ -4,15 +4,21 @@ import numpy as np
 import pytest
 import torch
 from scipy.spatial.distance import jensenshannon
+from scipy.stats import wasserstein_distance
 
 from distill_nb.analysis import (
+    DISTANCE_SCALE_FLOOR,
+    AudioFeatures,
     LevelStats,
     SeamReport,
+    audio_features,
     code_histograms,
     compare_to_training,
+    feature_distance,
     js_divergence,
     level_statistics,
     seam_discontinuity,
+    spectral_convergence,
 )
 
 SR = 48000
@@ -279,3 +285,242 @@ def test_seam_discontinuity_errors():
         seam_discontinuity(audio, SR, [len(audio)])
     with pytest.raises(ValueError, match="seam_samples"):
         seam_discontinuity(audio[:2048], SR, [1024])  # every stretch touches the seam
+
+
+# --- spectral_convergence --------------------------------------------------------------------------
+
+def test_spectral_convergence_by_hand():
+    reference = np.array([[3.0, 0.0], [0.0, 4.0]])  # ||reference|| = 5
+    assert spectral_convergence(reference, reference) == 0.0
+    assert spectral_convergence(reference, np.zeros((2, 2))) == pytest.approx(1.0)
+    assert spectral_convergence(reference, np.array([[3.0, 1.0], [0.0, 4.0]])) == pytest.approx(0.2)
+    estimate = torch.tensor([[0.0, 0.0], [0.0, 4.0]], dtype=torch.float32)
+    assert spectral_convergence(torch.from_numpy(reference), estimate) == pytest.approx(0.6)
+
+
+def test_spectral_convergence_matches_numpy_norms():
+    rng = np.random.default_rng(7)
+    reference = rng.random((128, 94))
+    estimate = reference + 0.1 * rng.standard_normal((128, 94))
+    expected = np.sqrt(((reference - estimate) ** 2).sum()) / np.sqrt((reference ** 2).sum())
+    assert spectral_convergence(reference, estimate) == pytest.approx(expected, rel=1e-12)
+
+
+def test_spectral_convergence_errors_name_the_argument():
+    with pytest.raises(ValueError, match="estimate must have the shape of reference"):
+        spectral_convergence(np.ones((4, 3)), np.ones((3, 4)))
+    with pytest.raises(ValueError, match="reference must have a non-zero entry.*all zeros"):
+        spectral_convergence(np.zeros((4, 3)), np.ones((4, 3)))
+    with pytest.raises(ValueError, match="reference must have a non-zero entry.*empty"):
+        spectral_convergence(np.zeros(0), np.zeros(0))
+    with pytest.raises(ValueError, match="estimate must be finite"):
+        spectral_convergence(np.ones(3), np.array([1.0, np.inf, 1.0]))
+    with pytest.raises(ValueError, match="reference must hold real numbers"):
+        spectral_convergence(np.ones(3, dtype=complex), np.ones(3))
+
+
+# --- audio_features --------------------------------------------------------------------------------
+
+def tone(frequency, seconds=1.0, amplitude=0.5):
+    t = np.arange(int(seconds * SR)) / SR
+    return (amplitude * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
+
+
+def frame_count(n, frame_length=2048, hop_length=512):
+    return 1 + (n - frame_length) // hop_length
+
+
+@pytest.mark.parametrize("frequency", [70.0, 440.0, 997.0, 3000.0])
+def test_sine_is_pitchy_with_its_frequency_as_centroid(frequency):
+    features = audio_features(tone(frequency), SR)
+    assert isinstance(features, AudioFeatures)
+    assert features.pitchiness.min() > 0.95
+    np.testing.assert_allclose(features.centroid_hz, frequency, rtol=0.01)
+    assert features.flatness_db.max() < -30  # a tone is the opposite of flat
+    assert not features.silent.any() and features.silent_share == 0.0
+
+
+def test_white_noise_is_unpitched_with_the_periodogram_flatness():
+    features = audio_features(noise(4, seed=8, scale=0.3), SR)
+    assert features.pitchiness.max() < 0.3
+    # Every bin of a Gaussian noise periodogram is exponential: E[ln P] = ln E[P] - Euler's gamma.
+    assert features.flatness_db.mean() == pytest.approx(-10 * np.euler_gamma / math.log(10), abs=0.1)
+    assert features.centroid_hz.mean() == pytest.approx(SR / 4, rel=0.02)  # flat spectrum: centre of 0..SR/2
+
+
+def test_harmonic_tone_with_many_partials_is_pitchy():
+    rng = np.random.default_rng(9)
+    t = np.arange(SR) / SR
+    partials = [np.sin(2 * np.pi * k * 110 * t + rng.uniform(0, 2 * np.pi)) / k for k in range(1, 41)]
+    features = audio_features(np.sum(partials, axis=0), SR)
+    assert features.pitchiness.min() > 0.95
+    # Partial k has power 1 / k^2 at k * 110 Hz, so the centroid is 110 * sum(1 / k) / sum(1 / k^2).
+    k = np.arange(1, 41)
+    np.testing.assert_allclose(features.centroid_hz, 110 * (1 / k).sum() / (1 / k ** 2).sum(), rtol=0.01)
+
+
+def test_tone_then_digital_silence_has_the_silent_share_of_its_silent_frames():
+    audio = np.concatenate([tone(440), np.zeros(SR, dtype=np.float32)])
+    features = audio_features(audio, SR)
+    starts = np.arange(frame_count(len(audio))) * 512
+    expected_silent = starts >= SR  # a frame holding any of the tone is within 60 dB of the loudest
+    np.testing.assert_array_equal(features.silent, expected_silent)
+    assert features.silent_share == pytest.approx(expected_silent.mean())
+    assert len(features.pitchiness) == len(features.centroid_hz) == (~expected_silent).sum()
+    assert features.level_db.max() == 0.0 and features.level_db.min() == -200.0
+
+
+@pytest.mark.parametrize("drop_db, silent", [(50.0, False), (70.0, True)])
+def test_silence_threshold_is_sixty_db_below_the_loudest_frame(drop_db, silent):
+    quiet = tone(440) * 10 ** (-drop_db / 20)
+    features = audio_features(np.concatenate([tone(440), quiet]), SR)
+    quiet_frames = np.arange(frame_count(2 * SR)) * 512 >= SR
+    np.testing.assert_allclose(features.level_db[quiet_frames], -drop_db, atol=0.1)
+    assert (features.silent[quiet_frames] == silent).all() and not features.silent[~quiet_frames].any()
+
+
+def test_features_of_several_signals_are_their_frames_in_order():
+    loud, soft = noise(1, seed=10), tone(220, seconds=0.5, amplitude=0.001)
+    both = audio_features([loud, torch.from_numpy(soft)], SR)
+    parts = [audio_features(loud, SR), audio_features(soft, SR)]
+    for field in ("level_db", "silent", "centroid_hz", "flatness_db", "pitchiness"):
+        np.testing.assert_array_equal(getattr(both, field), np.concatenate([getattr(p, field) for p in parts]))
+    # Levels are relative to each signal's own loudest frame: the soft tone is not silent.
+    assert not both.silent.any() and len(both.level_db) == frame_count(SR) + frame_count(SR // 2)
+
+
+def test_a_dc_offset_is_loud_but_not_pitchy():
+    features = audio_features(np.full(SR, 0.3), SR)  # 0.3 * window is inexact: rounding error remains
+    assert not features.silent.any()
+    np.testing.assert_array_equal(features.pitchiness, 0.0)
+
+
+def test_all_zero_signal_is_silent_throughout():
+    features = audio_features(np.zeros(SR, dtype=np.float32), SR)
+    assert features.silent.all() and features.silent_share == 1.0
+    assert len(features.centroid_hz) == len(features.flatness_db) == len(features.pitchiness) == 0
+
+
+@pytest.mark.parametrize("signals, match", [
+    (np.zeros((2, SR)), "signals must be one mono signal"),
+    ([], "signals must hold at least one signal"),
+    ("noise.wav", "signals must be one mono signal"),
+    ([np.zeros(SR), np.zeros((SR, 2))], r"signals\[1\] must be mono"),
+    ([np.zeros(SR), np.zeros(100)], r"signals\[1\] must be mono \[n\] with n >= frame_length = 2048"),
+    ([np.zeros(0)], r"signals\[0\] must be mono"),
+    ([np.r_[np.zeros(SR), np.nan]], r"signals\[0\] must be finite"),
+    (np.ones(SR, dtype=bool), "signals must hold real numbers"),
+])
+def test_audio_features_reject_bad_signals(signals, match):
+    with pytest.raises(ValueError, match=match):
+        audio_features(signals, SR)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"sample_rate": 0}, "sample_rate must be a finite number > 0"),
+    ({"sample_rate": -SR}, "sample_rate"),
+    ({"sample_rate": math.nan}, "sample_rate"),
+    ({"sample_rate": True}, "sample_rate"),
+    ({"sample_rate": "48000"}, "sample_rate"),
+    ({"sample_rate": 96000}, "frame_length must be an int >= 2 \\* sample_rate / 60 = 3200"),
+    ({"frame_length": 1024}, "frame_length"),
+    ({"hop_length": 0}, "hop_length must be an int >= 1"),
+    ({"hop_length": 1.5}, "hop_length"),
+])
+def test_audio_features_reject_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        audio_features(noise(1), **{"sample_rate": SR, **kwargs})
+
+
+# --- feature_distance ------------------------------------------------------------------------------
+
+FRAME_FEATURES = ("loudness", "centroid", "flatness", "pitchiness")
+
+
+def made_features(level_db, centroid_hz, flatness_db, pitchiness):
+    """AudioFeatures with given frame values (non-silent frames first, then silent ones at -200 dB)."""
+    level_db = np.asarray(level_db, dtype=np.float64)
+    return AudioFeatures(sample_rate=SR, frame_length=2048, hop_length=512, level_db=level_db,
+                         silent=level_db < -60, centroid_hz=np.asarray(centroid_hz, dtype=np.float64),
+                         flatness_db=np.asarray(flatness_db, dtype=np.float64),
+                         pitchiness=np.asarray(pitchiness, dtype=np.float64))
+
+
+def test_distance_of_a_set_to_itself_is_zero():
+    features = audio_features([noise(1, seed=11), tone(330), np.zeros(SR)], SR)
+    distance = feature_distance(features, features)
+    assert set(distance) == {*FRAME_FEATURES, "silent_share", "mean"}
+    assert all(value == 0.0 for value in distance.values())
+
+
+def test_frame_distances_are_w1_over_the_reference_std_as_scipy_computes_it():
+    rng = np.random.default_rng(12)
+    sizes = (300, 200)
+    features, reference = (
+        made_features(-20 * rng.random(n), 2 ** rng.uniform(8, 13, n), -30 * rng.random(n), rng.random(n))
+        for n in sizes)
+    distance = feature_distance(features, reference)
+    pairs = {"loudness": (features.level_db, reference.level_db),
+             "centroid": (np.log2(features.centroid_hz), np.log2(reference.centroid_hz)),
+             "flatness": (features.flatness_db, reference.flatness_db),
+             "pitchiness": (features.pitchiness, reference.pitchiness)}
+    for name, (u, v) in pairs.items():
+        assert distance[name] == pytest.approx(wasserstein_distance(u, v) / v.std(), rel=1e-10)
+    assert distance["silent_share"] == 0.0
+    assert distance["mean"] == pytest.approx(np.mean([distance[name] for name in pairs] + [0.0]))
+
+
+def test_shifted_distribution_is_the_shift_over_the_std_both_ways():
+    values = np.random.default_rng(13).normal(-20.0, 3.0, 500)
+    ones = np.ones(500)
+    base = made_features(np.minimum(values, 0), 1000 * ones, -10 * ones, 0.5 * ones)
+    distances = []
+    for shift in (0.5, 1.0, 2.0, 4.0):
+        shifted = made_features(np.minimum(values, 0) - shift, 1000 * ones, -10 * ones, 0.5 * ones)
+        there, back = feature_distance(shifted, base)["loudness"], feature_distance(base, shifted)["loudness"]
+        assert there == pytest.approx(back) == pytest.approx(shift / base.level_db.std())  # same std both ways
+        distances.append(there)
+    assert distances == sorted(distances)
+
+
+def test_a_constant_reference_is_scaled_by_the_documented_floor():
+    ones = np.ones(100)
+    reference = made_features(-6 * ones, 1000 * ones, -10 * ones, 0.5 * ones)
+    features = made_features(-8 * ones, 2000 * ones, -13 * ones, 0.6 * ones)
+    distance = feature_distance(features, reference)
+    floors = DISTANCE_SCALE_FLOOR
+    assert distance["loudness"] == pytest.approx(2.0 / floors["loudness"])
+    assert distance["centroid"] == pytest.approx(1.0 / floors["centroid"])  # one octave up
+    assert distance["flatness"] == pytest.approx(3.0 / floors["flatness"])
+    assert distance["pitchiness"] == pytest.approx(0.1 / floors["pitchiness"])
+    assert all(math.isfinite(value) for value in distance.values())
+
+
+def test_silent_share_distance_is_w1_over_the_indicator_std():
+    ones = np.ones(10)
+    reference = made_features(np.r_[-3 * ones[:8], -200 * ones[:2]], ones[:8], ones[:8], ones[:8] / 2)  # q = 0.2
+    features = made_features(np.r_[-3 * ones[:5], -200 * ones[:5]], ones[:5], ones[:5], ones[:5] / 2)  # p = 0.5
+    expected = wasserstein_distance(features.silent.astype(float), reference.silent.astype(float)) / 0.4
+    assert feature_distance(features, reference)["silent_share"] == pytest.approx(expected) == pytest.approx(0.75)
+    silent_free = made_features(-3 * ones, ones, ones, ones / 2)
+    assert feature_distance(features, silent_free)["silent_share"] == pytest.approx(
+        0.5 / DISTANCE_SCALE_FLOOR["silent_share"])
+
+
+def test_an_all_silent_set_has_nan_frame_distances_and_mean():
+    sounding = audio_features(noise(1, seed=14), SR)
+    silent = audio_features(np.zeros(SR), SR)
+    for features, reference in ((silent, sounding), (sounding, silent)):
+        distance = feature_distance(features, reference)
+        assert all(math.isnan(distance[name]) for name in FRAME_FEATURES)
+        assert math.isnan(distance["mean"]) and math.isfinite(distance["silent_share"])
+
+
+def test_feature_distance_rejects_bad_arguments():
+    features = audio_features(noise(1), SR)
+    with pytest.raises(TypeError, match="reference must be AudioFeatures"):
+        feature_distance(features, {"level_db": features.level_db})
+    with pytest.raises(TypeError, match="features must be AudioFeatures"):
+        feature_distance(noise(1), features)
+    with pytest.raises(ValueError, match="features must be computed with the reference's settings"):
+        feature_distance(audio_features(noise(1), SR, hop_length=256), features)
