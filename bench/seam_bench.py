@@ -5,34 +5,57 @@
 For every mode ("independent", "continuation") and stitching ("crossfade", "overlap_add") it generates
 one take per seed (all takes in one batch) with otherwise default settings, and measures every seam
 with analysis.seam_discontinuity: the peak spectral flux around the seam over the median peak of
-seam-free stretches (1.0 = no more abrupt than the rest of the audio), and the sample jump at the seam
-over the typical sample step. Spectral flux sees clicks and sudden onsets, not a texture that
-changes from one chunk to the next, so a third measure, the texture ratio, compares the mean log-mel
-of the 0.1 s just before each blended region with the 0.1 s just after it (RMS difference), over the
-same comparison at the points halfway between seams (1.0 = the sound changes at a seam no more than
-inside a chunk). The flux ratio is also given relative to the named baseline, independent + crossfade
-(the original system's generation). The model is the bundled default unless --model names a file.
+non-silent seam-free stretches (1.0 = no more abrupt than the rest of the audio), and the sample jump at
+the seam over the typical sample step of non-silent audio. Spectral flux sees clicks and sudden onsets,
+not a texture that changes from one chunk to the next, so a third measure, the texture ratio, compares
+the mean log-mel of the 0.1 s just before each blended region with the 0.1 s just after it (RMS
+difference), over the same comparison at the points halfway between seams (1.0 = the sound changes at a
+seam no more than inside a chunk).
+
+Seams in silence (every frame around them more than analysis.SILENT_DB below the take's loudest frame)
+have nothing to hear: they are counted, not scored, and all three ratios are medians over the non-silent
+seams of all takes of a row (halfway points whose texture windows are all silent are left out too; so
+are the seams of a take without a non-silent reference, whose ratios seam_discontinuity leaves NaN).
+"silent frames" is the share of silent analysis.audio_features frames over all the row's takes: a model
+that falls silent scores few seams, whatever its ratios. The flux ratio is also given relative to the
+named baseline, independent + crossfade (the original system's generation). The model is the bundled
+default unless --model names a file. The table is printed and written to bench/results/seam_bench.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
+from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
+import torch
 
-from distill_nb.analysis import seam_discontinuity
+from distill_nb.analysis import SILENT_DB, AudioFeatures, audio_features, seam_discontinuity
 from distill_nb.generation import MODES, STITCHES, GenerationSettings, generate_takes
 from distill_nb.model_file import load_default_model, load_model
 
 BASELINE = ("independent", "crossfade")
 TEXTURE_WINDOW_S = 0.1
+RESULTS = Path(__file__).parent / "results" / "seam_bench.md"
 
 
-def texture_ratio(loaded, take) -> float:
-    """Median log-mel change across seams over the median change halfway between seams."""
+def all_silent(features: AudioFeatures, start: int, stop: int) -> bool:
+    """Whether every audio_features frame overlapping samples [start, stop) of one take is silent."""
+    first = max(0, -(-(start - features.frame_length + 1) // features.hop_length))
+    last = min(len(features.silent) - 1, (stop - 1) // features.hop_length)
+    return bool(features.silent[first:last + 1].all())
+
+
+def texture_changes(loaded, take, silent_seams: np.ndarray,
+                    features: AudioFeatures) -> tuple[list[float], list[float]]:
+    """Log-mel changes across the non-silent seams and across the non-silent halfway points of one take."""
     seams = np.asarray(take.seam_samples)
-    step = int(seams[1] - seams[0])
+    if len(seams) < 2:
+        return [], []
+    step = int(np.median(np.diff(seams)))
     gap = (loaded.chunk_samples - step) // 2 + 1  # from a seam (the blend's centre) to the blend's edge
     width = round(TEXTURE_WINDOW_S * take.sample_rate)
     hop = loaded.spectrogram.config.hop_length
@@ -43,27 +66,59 @@ def texture_ratio(loaded, take) -> float:
         after = mel[:, (at + gap) // hop:(at + gap + width) // hop].mean(axis=1)
         return float(np.sqrt(np.mean((after - before) ** 2)))
 
-    # Keep the points whose windows fit inside the take.
-    inside = lambda at: at - gap - width >= 0 and at + gap + width <= len(take.audio)  # noqa: E731
-    at_seams = [change(s) for s in seams if inside(s)]
-    between = [change(s) for s in (seams[:-1] + step // 2) if inside(s)]
-    return float(np.median(at_seams) / np.median(between))
+    def inside(at: int) -> bool:
+        return at - gap - width >= 0 and at + gap + width <= len(take.audio)
+
+    at_seams = [change(s) for s, silent in zip(seams, silent_seams) if inside(s) and not silent]
+    halfway = [at for at in (seams[:-1] + seams[1:]) // 2 if inside(at)]
+    between = [change(at) for at in halfway if not all_silent(features, at - gap - width, at + gap + width)]
+    return at_seams, between
+
+
+def median_or_nan(values: np.ndarray | list[float]) -> float:
+    """The median of the values that are not NaN (unscored seams), or NaN when none are left."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    return float(np.median(values)) if len(values) else math.nan
 
 
 def measure(loaded, mode: str, stitch: str, seeds: list[int], duration_s: float) -> dict[str, float]:
-    """Median flux, jump and texture ratios over all seams of all takes, and seconds per take."""
+    """Seam counts, median ratios over the non-silent seams of all takes, silent frame share, seconds per take."""
     settings = GenerationSettings(duration_s=duration_s, mode=mode, stitch=stitch)
     start = time.perf_counter()
     takes = generate_takes(loaded, settings, seeds)
     seconds = (time.perf_counter() - start) / len(seeds)
     reports = [seam_discontinuity(take.audio, take.sample_rate, take.seam_samples) for take in takes]
+    features = [audio_features(take.audio, take.sample_rate) for take in takes]
+    at_seams, between = [], []
+    for take, report, take_features in zip(takes, reports, features):
+        seam_changes, halfway_changes = texture_changes(loaded, take, report.silent, take_features)
+        at_seams += seam_changes
+        between += halfway_changes
+    between_median = median_or_nan(between)
     return {
-        "flux": float(np.median(np.concatenate([r.flux_ratio for r in reports]))),
-        "jump": float(np.median(np.concatenate([r.jump_ratio for r in reports]))),
-        "texture": float(np.median([texture_ratio(loaded, take) for take in takes])),
-        "seams": sum(len(r.seam_samples) for r in reports),
+        "seams": sum(len(r.silent) for r in reports),
+        "silent": sum(r.silent_count for r in reports),
+        "flux": median_or_nan(np.concatenate([r.flux_ratio for r in reports])),
+        "jump": median_or_nan(np.concatenate([r.jump_ratio for r in reports])),
+        "texture": median_or_nan(at_seams) / between_median if between_median > 0 else math.nan,
+        "silent_frames": float(np.concatenate([f.silent for f in features]).mean()),
         "seconds": seconds,
     }
+
+
+def table(rows: dict[tuple[str, str], dict[str, float]]) -> list[str]:
+    """The rows as a Markdown table, one line per mode x stitching."""
+    baseline = rows[BASELINE]["flux"]
+    lines = ["| mode | stitch | seams | silent seams | flux ratio | vs baseline | jump ratio | texture ratio "
+             "| silent frames | s / take |",
+             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for (mode, stitch), row in rows.items():
+        silent_share = row["silent"] / row["seams"] if row["seams"] else math.nan
+        lines.append(f"| {mode} | {stitch} | {row['seams']} | {row['silent']} ({silent_share:.0%}) "
+                     f"| {row['flux']:.2f} | {row['flux'] / baseline:.2f}x | {row['jump']:.2f} "
+                     f"| {row['texture']:.2f} | {row['silent_frames']:.0%} | {row['seconds']:.2f} |")
+    return lines
 
 
 def main() -> None:
@@ -74,20 +129,31 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
-    loaded = load_model(args.model, device=args.device) if args.model else load_default_model(device=args.device)
+    loaded = load_default_model(device=args.device) if args.model is None else load_model(args.model, device=args.device)
     seeds = list(range(args.seeds))
-    print(f"model: {args.model or 'bundled default'}; {len(seeds)} takes of {args.duration:g} s per row, "
-          f"default settings otherwise; device {args.device}")
-
     rows = {(mode, stitch): measure(loaded, mode, stitch, seeds, args.duration) for mode in MODES for stitch in STITCHES}
-    baseline = rows[BASELINE]["flux"]
-    print(f"\n{'mode':<13} {'stitch':<12} {'seams':>5} {'flux ratio':>10} {'vs baseline':>11} "
-          f"{'jump ratio':>10} {'texture ratio':>13} {'s / take':>9}")
-    for (mode, stitch), row in rows.items():
-        print(f"{mode:<13} {stitch:<12} {row['seams']:>5} {row['flux']:>10.2f} {row['flux'] / baseline:>10.2f}x "
-              f"{row['jump']:>10.2f} {row['texture']:>13.2f} {row['seconds']:>9.2f}")
-    print(f"\nratios: at seams / away from seams, 1.0 = seamless, lower is better; "
-          f"baseline = {' + '.join(BASELINE)}")
+
+    header = [
+        "# Seam bench",
+        "",
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; torch {torch.__version__}, {torch.get_num_threads()} "
+        f"threads, device {args.device}; model: {args.model or 'bundled default'}; {len(seeds)} takes of "
+        f"{args.duration:g} s per row, default settings otherwise.",
+        "",
+    ]
+    footer = [
+        "",
+        "Ratios: at seams / away from seams over the non-silent seams, 1.0 = seamless, lower is better; "
+        f"baseline = {' + '.join(BASELINE)}. Silent seams (every frame around them more than {SILENT_DB:g} dB "
+        "below the take's loudest) are counted, not scored; silent frames: share of the takes' frames that are "
+        "silent. "
+        "nan: no non-silent seam to score.",
+    ]
+    report = "\n".join(header + table(rows) + footer) + "\n"
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(report)
+    print(report, end="")
+    print(f"\n(written to {RESULTS})")
 
 
 if __name__ == "__main__":
