@@ -226,6 +226,51 @@ def test_phase_gradient_start_beats_a_random_start_on_tones_and_matches_it_on_no
         assert sc["gradient"] < sc["random"], sc
 
 
+def _smooth_mels(seed: int, batch: int, n_mels: int = 128, frames: int = 94) -> torch.Tensor:
+    """Log-mels [batch, n_mels, frames] that vary slowly over bands and frames, as decoded mels do."""
+    coarse = torch.randn(batch, 1, 9, 7, generator=torch.Generator().manual_seed(seed))
+    envelope = torch.nn.functional.interpolate(coarse, size=(n_mels, frames), mode="bicubic", align_corners=True)[:, 0]
+    tilt = -6.0 * torch.linspace(0, 1, n_mels)[:, None]  # nats, low to high bands
+    return torch.log(torch.exp(envelope + tilt - 2.0) + SpectrogramConfig().log_floor)
+
+
+def _click_ratios(audio: np.ndarray, neighbourhood: int) -> np.ndarray:
+    """|x[n]| over the median |x| of the ``neighbourhood`` samples centred on n; medians below 1 % of the
+    peak count as 1 % of the peak (a click must be audible, not just louder than near-silence)."""
+    half = neighbourhood // 2
+    magnitude = np.abs(audio)
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(magnitude, half, mode="reflect"), 2 * half + 1)
+    return magnitude / np.maximum(np.median(windows, axis=1), 1e-2 * magnitude.max())
+
+
+# Gaussian noise and the test tones, rendered from a random start, stay below 8; the impulses that a phase
+# start coherent across bins puts at multiples of n_fft stand 20-60 times above their neighbourhood.
+CLICK_RATIO = 10.0
+
+
+@pytest.mark.parametrize("source", ["white_noise", "noise_burst", "vibrato", "chirp", "smooth_mels", "flat_mel"])
+def test_rendered_audio_has_no_clicks(source):
+    """No sample stands far above its 4 ms neighbourhood, at multiples of n_fft or anywhere else."""
+    spectrogram = Spectrogram()
+    config = spectrogram.config
+    if source == "smooth_mels":
+        mel = _smooth_mels(0, 2)
+    elif source == "flat_mel":
+        mel = torch.full((1, config.n_mels, 94), -4.0)
+    else:
+        signals = _signals(config.sample_rate, 1.0)
+        signals["white_noise"] = np.random.default_rng(2).normal(0, 0.1, config.sample_rate).astype(np.float32)
+        mel = spectrogram.waveform_to_mel(signals[source])
+    audio = spectrogram.mel_to_waveform(mel, n_iter=12, length=config.sample_rate).numpy()
+    at_multiples = np.arange(0, audio.shape[1], config.n_fft)
+    for chunk in audio:
+        ratios = _click_ratios(chunk, round(0.004 * config.sample_rate))
+        worst = int(ratios.argmax())
+        assert ratios.max() < CLICK_RATIO, (
+            f"click of {ratios.max():.1f} x its neighbourhood at sample {worst} ({worst % config.n_fft} past a "
+            f"multiple of n_fft); at the multiples of n_fft: {ratios[at_multiples].max():.1f}")
+
+
 @pytest.mark.parametrize("relaxation", [1.0, 1.25])
 @pytest.mark.parametrize("config", [SpectrogramConfig(), TINY, SpectrogramConfig(n_fft=1024, hop_length=256)])
 def test_griffin_lim_framing_matches_torch_stft_and_istft(config, relaxation):
