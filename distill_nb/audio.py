@@ -61,8 +61,13 @@ _GRIFFIN_LIM_RELAXATION = 1.25
 _SMALLEST_NORMAL = torch.finfo(torch.float32).tiny
 _PHASE_INITS = ("gradient", "random")
 # The Gaussian window exp(-pi t^2 / lam) closest to a Hann window of length n has lam = 0.25645 n^2
-# (Průša et al. 2017); in units of n_fft^2, as the instantaneous-frequency estimate uses it.
+# (Průša et al. 2017); in units of n_fft^2, as the phase derivatives use it.
 _HANN_GAUSSIAN_LAMBDA = 0.25645
+# Where the curvature of the log magnitude is below a quarter of an STFT's (see `_concentration`), the
+# magnitude is a smoothed average of many components: its derivatives say nothing about the phase.
+_MIN_CONCENTRATION = 0.25
+# Below -80 dB of a chunk's peak the phase is random, as below PGHI's tolerance.
+_PHASE_FLOOR = 1e-4
 
 _SUBTYPES = {".wav": ("PCM_16", "PCM_24", "FLOAT"), ".flac": ("PCM_16", "PCM_24")}
 _FORMATS = {".wav": "WAV", ".flac": "FLAC"}
@@ -363,14 +368,12 @@ class Spectrogram:
             mel: [B, n_mels, frames] or [n_mels, frames] log-mel (as from ``waveform_to_mel``).
             n_iter: Griffin-Lim iterations, >= 0.
             length: output samples, in [(frames - 1) * hop, frames * hop); None = (frames - 1) * hop.
-            generator: draws the initial random phase of ``phase_init="random"`` (on its own device);
-                the same seed gives the same audio. None uses a fresh generator seeded 0.
-            phase_init: "gradient" (default): the phase each bin would have if it held a sinusoid at the
-                frequency its magnitude's slope implies, integrated over time (the time half of
-                Průša et al.'s phase-gradient heap integration); deterministic. Well ahead of a random
-                start on tonal sound (a vibrato after 32 iterations: spectral convergence 0.083 against
-                0.118), on a par on decoded chunks (33 of them after 16: 0.176 against 0.175).
-                "random": uniform phases from ``generator``, as librosa and torchaudio start.
+            generator: draws the random initial phases (on its own device); the same seed gives the same
+                audio. None uses a fresh generator seeded 0.
+            phase_init: "gradient" (default): `phase_gradient_start`, the phase that the magnitude's
+                slopes imply where it has the shape of an STFT's, random elsewhere; well ahead of a random
+                start on tonal sound. "random": uniform phases from ``generator``, as librosa and
+                torchaudio start.
             nnls_tolerance: in (0, 1); the NNLS of a chunk stops once ||F x - p|| / ||p|| is below it.
                 The default 1e-4 keeps the mel of real audio exact; a decoded mel renders no better
                 below 1e-2 (generation passes that; see `_DECODED_NNLS_TOLERANCE` there).
@@ -418,34 +421,11 @@ class Spectrogram:
             # [B, frames, bins]
             magnitude = self._mel_power_to_linear(power_mel, bases, nnls_tolerance, nnls_max_steps).sqrt()
             if phase_init == "gradient":
-                phase = self._integrated_phase(magnitude)
+                phase = phase_gradient_start(magnitude, self.config.n_fft, hop, generator)
             else:
-                phase = 2 * math.pi * torch.rand(magnitude.shape, generator=generator, device=generator.device)
-            phase = phase.to(mel.device)
+                phase = _random_phase(magnitude, generator)
             angles = torch.complex(torch.cos(phase), torch.sin(phase))  # torch.polar takes 6x as long on CPU
             return self._griffin_lim(magnitude, angles, n_iter, int(length), bases.window)
-
-    def _integrated_phase(self, magnitude: torch.Tensor) -> torch.Tensor:
-        """Phase [B, frames, bins] integrated over time from each bin's instantaneous frequency.
-
-        For a Gaussian window exp(-pi t^2 / lam), a sinusoid at fractional bin nu has a log magnitude
-        that is a parabola in the bin m with slope -2 pi lam (m - nu) / n_fft^2, so nu = m + n_fft^2 /
-        (2 pi lam) * d(log|X|)/dm (Průša, Balazs & Søndergaard 2017; lam = 0.25645 n_fft^2 matches a Hann
-        window). The phase of bin m then advances by 2 pi hop nu / n_fft per frame (trapezoidal rule).
-        Neighbouring bins start half a turn apart, as a Hann-windowed sinusoid's do.
-        """
-        n_fft, hop = self.config.n_fft, self.config.hop_length
-        # Floor at -120 dB of each chunk's peak: slopes in silence are noise, and cost nothing audible.
-        log_magnitude = torch.log(magnitude + 1e-6 * magnitude.amax(dim=(1, 2), keepdim=True).clamp_min(1e-30))
-        slope = torch.zeros_like(log_magnitude)
-        slope[..., 1:-1] = 0.5 * (log_magnitude[..., 2:] - log_magnitude[..., :-2])
-        bins = torch.arange(magnitude.shape[-1], device=magnitude.device, dtype=magnitude.dtype)
-        frequency = bins + slope / (2 * math.pi * _HANN_GAUSSIAN_LAMBDA)  # fractional bins
-        advance = (math.pi * hop / n_fft) * (frequency[:, 1:] + frequency[:, :-1])
-        # Taken modulo 2 pi (bin m starts at -pi m = pi (m mod 2)), the running sum stays below 2 pi x frames:
-        # float32 keeps it to ~1e-4 rad, and cos and sin stay on their fast path (4x as slow at ~1e5 rad).
-        start = (math.pi * (bins % 2)).expand(magnitude.shape[0], 1, -1)
-        return torch.cat([start, advance.remainder_(2 * math.pi)], dim=1).cumsum(dim=1)
 
     def _mel_power_to_linear(self, power_mel: torch.Tensor, bases: _DeviceBases,
                              tolerance: float = _NNLS_TOLERANCE, max_steps: int = _NNLS_MAX_STEPS) -> torch.Tensor:
@@ -627,6 +607,120 @@ class Spectrogram:
                 spread=self._spread64.to(device=device, dtype=torch.float32),
             )
         return self._bases[device]
+
+
+
+# --------------------------------------------------------------------------------------------------
+# Phase start
+
+
+def phase_gradient_start(magnitude: torch.Tensor, n_fft: int, hop: int, generator: torch.Generator) -> torch.Tensor:
+    """A Griffin-Lim starting phase, radians [B, frames, bins], from a magnitude [B, frames, bins] alone.
+
+    Phase-gradient integration (Průša, Balazs & Søndergaard 2017) around the peaks that have the shape of
+    an STFT's (`_concentration`): a peak continues its phase from the previous frame by its instantaneous
+    frequency (time direction), and the bins of its region, down to the minima on either side, take its
+    phase plus the integral of the local group delay (frequency direction). Everywhere else (flat,
+    noise-like magnitude, and below -80 dB of a chunk's peak) the phase is uniform random from
+    ``generator``, as is the phase of a peak that starts a track: integrating a flat magnitude's zero
+    derivatives would give every frame the phase of one impulse at the same multiple of n_fft, a click.
+    Chunk b's random phases are the generator's b-th draw, so they do not depend on the batch size.
+    """
+    frames = magnitude.shape[1]
+    log_magnitude = torch.log(magnitude + 1e-6 * _chunk_peak(magnitude).clamp_min(1e-30))  # -120 dB floor
+    frame_step, bin_step = _phase_steps(log_magnitude, n_fft, hop)
+    peak = _peak_of(log_magnitude)
+    structured = (_concentration(log_magnitude, n_fft, hop) > _MIN_CONCENTRATION) & (
+        magnitude > _PHASE_FLOOR * _chunk_peak(magnitude))
+    locked = structured.gather(-1, peak)  # bins in the region of a peak with an STFT's shape
+    from_peak = _frequency_integral(bin_step, peak)
+    continued = locked[:, 1:] & locked[:, :-1]
+    advance = 0.5 * (frame_step[:, 1:] + frame_step[:, :-1])  # trapezoidal rule
+    random = _random_phase(magnitude, generator)
+    phase = torch.empty_like(magnitude)
+    peak_phase = random[:, 0]
+    for frame in range(frames):
+        if frame > 0:
+            peak_phase = torch.where(continued[:, frame - 1], phase[:, frame - 1] + advance[:, frame - 1],
+                                     random[:, frame])
+        from_phase = peak_phase.gather(-1, peak[:, frame]) + from_peak[:, frame]
+        phase[:, frame] = torch.where(locked[:, frame], from_phase, random[:, frame]).remainder_(2 * math.pi)
+    return phase
+
+
+def _random_phase(magnitude: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Uniform phases in [0, 2 pi) of the magnitude's shape, drawn on the generator's device."""
+    phase = 2 * math.pi * torch.rand(magnitude.shape, generator=generator, device=generator.device)
+    return phase.to(magnitude.device)
+
+
+def _chunk_peak(magnitude: torch.Tensor) -> torch.Tensor:
+    return magnitude.amax(dim=(1, 2), keepdim=True)
+
+
+def _phase_steps(log_magnitude: torch.Tensor, n_fft: int, hop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The phase increments, radians, that the magnitude's slopes imply: (per frame, per bin), each
+    [B, frames, bins].
+
+    For a Gaussian window exp(-pi t^2 / (lam n_fft^2)), the instantaneous frequency of bin m is
+    m + d log|X|/dm / (2 pi lam) bins, so its phase turns by 2 pi hop / n_fft times that per frame; the
+    component sits d log|X|/dframe lam n_fft^2 / (2 pi hop) samples after the frame centre, so the phase
+    changes by -pi - 2 pi offset / n_fft per bin (-pi: a frame's phase is measured from its first sample).
+    """
+    ratio = n_fft / hop
+    bins = torch.arange(log_magnitude.shape[-1], device=log_magnitude.device, dtype=log_magnitude.dtype)
+    per_frame = (2 * math.pi / ratio) * bins + _slope(log_magnitude, dim=2) / (_HANN_GAUSSIAN_LAMBDA * ratio)
+    per_bin = -math.pi - _HANN_GAUSSIAN_LAMBDA * ratio * _slope(log_magnitude, dim=1)
+    return per_frame, per_bin
+
+
+def _concentration(log_magnitude: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
+    """The curvature of log|X| across bins and across frames, [B, frames, bins], scaled so that it is 1
+    for a sinusoid and for an impulse: and for any STFT with a Gaussian window, away from its zeros
+    (log|X| plus a quadratic is harmonic there). A magnitude smoothed over many components is flatter."""
+    ratio = n_fft / hop
+    across_bins = -_second_difference(log_magnitude, dim=2) / (2 * math.pi * _HANN_GAUSSIAN_LAMBDA)
+    across_frames = -_second_difference(log_magnitude, dim=1) * _HANN_GAUSSIAN_LAMBDA * ratio**2 / (2 * math.pi)
+    return across_bins + across_frames
+
+
+def _slope(values: torch.Tensor, dim: int) -> torch.Tensor:
+    """Central differences along ``dim``, one-sided at the ends; 0 along a dimension of one."""
+    if values.shape[dim] < 2:
+        return torch.zeros_like(values)
+    return torch.gradient(values, dim=dim)[0]
+
+
+def _second_difference(values: torch.Tensor, dim: int) -> torch.Tensor:
+    """x[i - 1] - 2 x[i] + x[i + 1] along ``dim``, the ends repeating their neighbours; 0 below 3 values."""
+    if values.shape[dim] < 3:
+        return torch.zeros_like(values)
+    inner = values.diff(n=2, dim=dim)
+    return torch.cat([inner.narrow(dim, 0, 1), inner, inner.narrow(dim, -1, 1)], dim=dim)
+
+
+def _peak_of(log_magnitude: torch.Tensor) -> torch.Tensor:
+    """For each bin, the local maximum of log|X| that climbing from it along the bins reaches, long
+    [B, frames, bins]: each peak's region of influence reaches down to the minima on either side. Level
+    steps climb towards lower bins, so a plateau is one region, held by its first bin."""
+    bins = torch.arange(log_magnitude.shape[-1], device=log_magnitude.device)
+    padded = torch.nn.functional.pad(log_magnitude, (1, 1), value=-math.inf)
+    below, here, above = padded[..., :-2], padded[..., 1:-1], padded[..., 2:]
+    climbs_up = above > here  # towards higher bins
+    climbs_down = (below >= here) & ~climbs_up
+    peak = ~climbs_up & ~climbs_down
+    last = len(bins) - 1
+    next_peak = torch.where(peak, bins, last).flip(-1).cummin(dim=-1).values.flip(-1)
+    previous_peak = torch.where(peak, bins, 0).cummax(dim=-1).values
+    return torch.where(climbs_up, next_peak, torch.where(climbs_down, previous_peak, bins))
+
+
+def _frequency_integral(bin_step: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+    """Phase of each bin relative to its anchor bin, radians in [0, 2 pi) [B, frames, bins]: the
+    per-bin steps integrated by the trapezoidal rule (in float64: the sum over a frame reaches ~3e3 rad)."""
+    steps = 0.5 * (bin_step[..., 1:] + bin_step[..., :-1]).double()
+    from_first = torch.nn.functional.pad(steps.cumsum(dim=-1), (1, 0))
+    return (from_first - from_first.gather(-1, anchor)).remainder_(2 * math.pi).float()
 
 
 def _hz_to_mel(hz: np.ndarray, scale: str) -> np.ndarray:

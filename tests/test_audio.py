@@ -20,6 +20,7 @@ from distill_nb.audio import (
     SpectrogramConfig,
     crossfade_chunks,
     load_audio,
+    phase_gradient_start,
     save_audio,
 )
 
@@ -181,34 +182,72 @@ def test_mel_to_waveform_is_deterministic_and_random_phases_follow_the_generator
     spectrogram = Spectrogram(TINY)
     mel = spectrogram.waveform_to_mel(_signals(TINY.sample_rate, 0.25)["vibrato"])
 
-    def invert(seed, phase_init):
-        return spectrogram.mel_to_waveform(mel, n_iter=4, generator=torch.Generator().manual_seed(seed),
-                                           phase_init=phase_init)
+    def invert(seed, phase_init, batch=1):
+        return spectrogram.mel_to_waveform(mel.expand(batch, -1, -1), n_iter=4, phase_init=phase_init,
+                                           generator=torch.Generator().manual_seed(seed))
 
-    assert torch.equal(invert(7, "random"), invert(7, "random"))
-    assert not torch.allclose(invert(7, "random"), invert(8, "random"))
-    # The phase-gradient start uses no random numbers: the generator does not matter.
-    assert torch.equal(invert(7, "gradient"), invert(8, "gradient"))
-    assert torch.equal(spectrogram.mel_to_waveform(mel, n_iter=4), invert(0, "gradient"))
+    for phase_init in ("random", "gradient"):  # the gradient start draws the phases of noise-like bins
+        assert torch.equal(invert(7, phase_init), invert(7, phase_init))
+        assert not torch.allclose(invert(7, phase_init), invert(8, phase_init))
+        # Chunk b takes the generator's b-th draw: its audio does not depend on the batch size.
+        torch.testing.assert_close(invert(7, phase_init, batch=3)[:1], invert(7, phase_init), rtol=0, atol=1e-6)
+    assert torch.equal(spectrogram.mel_to_waveform(mel, n_iter=4), invert(0, "gradient"))  # default: seed 0
     with pytest.raises(ValueError, match="phase_init"):
         spectrogram.mel_to_waveform(mel, phase_init="zeros")
 
 
-def test_integrated_phase_advances_at_a_sinusoids_frequency():
-    """Between frames the phase at a sinusoid's peak bin turns by 2 pi hop nu / n_fft, nu in fractional bins."""
+def _stft_frames(spectrogram: Spectrogram, x: np.ndarray) -> torch.Tensor:
+    """The complex STFT of x, frame-major [1, frames, bins], framed as mel_to_waveform's Griffin-Lim frames it."""
+    window = torch.hann_window(spectrogram.config.n_fft)
+    return torch.stft(torch.from_numpy(x)[None], spectrogram.config.n_fft, spectrogram.config.hop_length,
+                      window=window, center=True, pad_mode="reflect", return_complex=True).transpose(1, 2)
+
+
+def _angle_between(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    """a - b as angles in (-pi, pi]."""
+    return np.angle(np.exp(1j * (a - b).double().numpy()))
+
+
+def test_phase_gradient_start_follows_a_sinusoid_in_time_and_across_its_lobe():
+    """At a sinusoid's peak bin the phase turns by 2 pi hop nu / n_fft per frame (nu in fractional bins), and
+    across its main lobe it steps from bin to bin as the STFT's phase does: from the magnitude alone."""
     spectrogram = Spectrogram()  # n_fft 2048, hop 512: the lambda of the Hann window is tuned for n_fft
     config = spectrogram.config
     for nu in (40.0, 40.25, 40.5, 123.8):
         t = np.arange(config.sample_rate // 2) / config.sample_rate
         x = np.sin(2 * np.pi * nu * config.sample_rate / config.n_fft * t).astype(np.float32)
-        window = spectrogram._bases_on(torch.device("cpu")).window
-        magnitude = spectrogram._stft(torch.from_numpy(x)[None], window).abs().transpose(1, 2)
-        phase = spectrogram._integrated_phase(magnitude)[0, 5:-5]  # away from the reflect-padded ends
-        peak = int(magnitude[0, 20].argmax())
-        turn = (phase[1:, peak] - phase[:-1, peak]).double().numpy()
-        expected = 2 * np.pi * config.hop_length * nu / config.n_fft
-        off = np.angle(np.exp(1j * (turn - expected)))  # phases are angles: compare modulo 2 pi
-        assert np.abs(off).max() < 0.05, (nu, turn[:3], expected)
+        stft = _stft_frames(spectrogram, x)[:, 5:-5]  # away from the reflect-padded ends
+        phase = phase_gradient_start(stft.abs(), config.n_fft, config.hop_length, torch.Generator().manual_seed(0))
+        peak = int(stft[0, 20].abs().argmax())
+        turn = _angle_between(phase[0, 1:, peak], phase[0, :-1, peak])
+        expected_turn = 2 * np.pi * config.hop_length * nu / config.n_fft
+        assert np.abs(np.angle(np.exp(1j * (turn - expected_turn)))).max() < 0.05, nu
+        lobe = slice(peak - 1, peak + 2)
+        steps, expected = phase[0, :, lobe].diff(dim=-1), torch.angle(stft[0, :, lobe]).diff(dim=-1)
+        assert np.abs(_angle_between(steps, expected)).max() < 1e-2, nu
+
+
+def test_phase_gradient_start_places_an_impulse_from_the_magnitude():
+    """In the frame centred on an impulse, the phase steps across the bins by the impulse's delay."""
+    spectrogram = Spectrogram()
+    config = spectrogram.config
+    for delay in (0, 60, -120):  # samples after the frame centre
+        x = np.zeros(config.sample_rate // 2, np.float32)
+        x[40 * config.hop_length + delay] = 1.0
+        stft = _stft_frames(spectrogram, x)
+        phase = phase_gradient_start(stft.abs(), config.n_fft, config.hop_length, torch.Generator().manual_seed(0))
+        error = _angle_between(phase[0, 40].diff(), torch.angle(stft[0, 40]).diff())
+        assert np.median(np.abs(error)) < 0.02, (delay, np.median(np.abs(error)))
+
+
+def test_phase_gradient_start_is_random_where_the_magnitude_is_flat():
+    """A flat magnitude (smoothed noise) says nothing about the phase: neighbouring bins and frames get
+    independent phases, not the linear phase of an impulse at a multiple of n_fft."""
+    config = SpectrogramConfig()
+    flat = torch.ones(2, 94, config.n_fft // 2 + 1)
+    phase = phase_gradient_start(flat, config.n_fft, config.hop_length, torch.Generator().manual_seed(0))
+    for steps in (phase.diff(dim=-1), phase.diff(dim=1)):  # across bins, across frames
+        assert float(torch.exp(1j * steps.double()).mean().abs()) < 0.01
 
 
 @pytest.mark.parametrize("name", ["vibrato", "noise_burst", "chirp"])
