@@ -4,7 +4,7 @@
 
 Each step has one readable reference here: the NNLS by preconditioned FISTA (`nnls`), the phase start
 (`phase_gradient_start`) and Griffin-Lim through torch.stft / torch.istft (`griffin_lim`). ``kernels.py``
-holds a faster Griffin-Lim that `InversionSettings.fast_kernels` selects. Spectra are frame-major,
+holds faster equivalents of the NNLS and Griffin-Lim that `InversionSettings.fast_kernels` selects. Spectra are frame-major,
 [B, frames, bins], as the rfft of the frames gives them: the NNLS is then one matrix product over all
 frames of all chunks.
 """
@@ -26,17 +26,11 @@ if TYPE_CHECKING:  # spectrogram.py imports this module
 
 __all__ = [
     "InversionSettings", "SEED_STYLE_INVERSION", "PREVIOUS_INVERSION", "DECODED_INVERSION", "InversionBases",
-    "invert_mel", "nnls", "phase_gradient_start", "griffin_lim",
+    "NNLSStop", "invert_mel", "nnls", "nnls_start", "phase_gradient_start", "random_phase", "griffin_lim",
 ]
 
 _PHASE_STARTS = ("gradient", "random")
 _GRIFFIN_LIM_MOMENTUM = 0.99  # fast Griffin-Lim's (Perraudin et al. 2013), as librosa and torchaudio use it
-# A chunk's NNLS stalls when its residual gains less than 5 % over _NNLS_CHECK_EVERY steps while still above
-# _NNLS_CONSISTENT: an inconsistent (decoded) mel plateaus, and chasing the plateau only sharpens the spectrum
-# towards the inconsistency; the mel of real audio gets below 1 % and runs on to the tolerance.
-_NNLS_STALL = 0.95
-_NNLS_CHECK_EVERY = 2
-_NNLS_CONSISTENT = 1e-2
 # The Gaussian window exp(-pi t^2 / lam) closest to a Hann window of length n has lam = 0.25645 n^2
 # (Průša et al. 2017); in units of n_fft^2, as the phase derivatives use it.
 _HANN_GAUSSIAN_LAMBDA = 0.25645
@@ -58,10 +52,11 @@ class InversionSettings:
         relaxation: over-relaxation of each Griffin-Lim projection, in [1, 2); 1 is plain fast
             Griffin-Lim, more converges in fewer iterations (see `griffin_lim`).
         nnls_tolerance: in (0, 1); a chunk's NNLS stops once ||F x - p|| / ||p|| is below it (or when it
-            stalls, see `nnls`).
+            stalls, see `NNLSStop`).
         nnls_max_steps: the most FISTA steps of the NNLS, an int >= 0 (0 = its start estimate).
-        fast_kernels: run Griffin-Lim on the kernel of ``kernels.py`` where it applies (hop | n_fft);
-            False runs the reference `griffin_lim`. The two agree to float rounding.
+        fast_kernels: run the NNLS and Griffin-Lim on the kernels of ``kernels.py`` (Griffin-Lim where
+            hop divides n_fft); False runs the references `nnls` and `griffin_lim`. They agree to float
+            rounding.
     """
 
     griffin_lim_iters: int = 16
@@ -152,17 +147,19 @@ def invert_mel(mel: torch.Tensor, config: SpectrogramConfig, bases: InversionBas
         return torch.zeros(0, int(length), device=mel.device)
     with torch.no_grad():
         power_mel = (torch.exp(mel.float()) - config.log_floor).clamp_min(0.0).transpose(1, 2)
-        magnitude = nnls(power_mel, bases, settings.nnls_tolerance, settings.nnls_max_steps).sqrt()
+        stop = NNLSStop(settings.nnls_tolerance, settings.nnls_max_steps)
+        solve = kernels.nnls_shrinking_batch if settings.fast_kernels else nnls
+        magnitude = solve(power_mel, nnls_start(power_mel, bases), bases, stop).sqrt()
         if settings.phase_start == "gradient":
             phase = phase_gradient_start(magnitude, config.n_fft, hop, generator)
         else:
             phase = random_phase(magnitude, generator)
         angles = torch.complex(torch.cos(phase), torch.sin(phase))  # torch.polar takes 6x as long on CPU
         if settings.fast_kernels and config.n_fft % hop == 0:
-            run = kernels.griffin_lim_frame_major
+            run_griffin_lim = kernels.griffin_lim_frame_major
         else:
-            run = griffin_lim
-        return run(magnitude, angles, settings.griffin_lim_iters, int(length), bases.window, hop,
+            run_griffin_lim = griffin_lim
+        return run_griffin_lim(magnitude, angles, settings.griffin_lim_iters, int(length), bases.window, hop,
                    settings.relaxation, _GRIFFIN_LIM_MOMENTUM)
 
 
@@ -170,27 +167,42 @@ def invert_mel(mel: torch.Tensor, config: SpectrogramConfig, bases: InversionBas
 # NNLS: mel power -> linear power
 
 
-def nnls(power_mel: torch.Tensor, bases: InversionBases, tolerance: float, max_steps: int) -> torch.Tensor:
+@dataclass(frozen=True)
+class NNLSStop:
+    """When a chunk's NNLS stops: every ``check_every`` FISTA steps it checks its relative residual
+    ||F y - p|| / ||p|| and stops below ``tolerance`` or when it stalls, gaining less than 1 - ``stall``
+    while still above ``consistent`` (an inconsistent, decoded mel plateaus there, and chasing the plateau
+    only sharpens the spectrum towards the inconsistency); after ``max_steps`` steps at the latest."""
+
+    tolerance: float
+    max_steps: int
+    check_every: int = 2
+    stall: float = 0.95
+    consistent: float = 1e-2
+
+    def keeps_going(self, residual: torch.Tensor, previous_residual: torch.Tensor) -> torch.Tensor:
+        """bool [B]: which chunks go on, from their residuals [B] now and at the previous check."""
+        stalled = (residual > self.stall * previous_residual) & (residual >= self.consistent)
+        return (residual >= self.tolerance) & ~stalled
+
+
+def nnls(power_mel: torch.Tensor, start: torch.Tensor, bases: InversionBases, stop: NNLSStop) -> torch.Tensor:
     """Non-negative least squares ``x @ filterbank.T ~= power_mel``, x >= 0, by preconditioned FISTA.
 
-    Frame-major: power mel [B, frames, n_mels] -> linear power [B, frames, bins]. FISTA (Beck & Teboulle
-    2009) with the per-bin steps of `InversionBases.step` starts from `nnls_start`. Every
-    _NNLS_CHECK_EVERY steps each chunk checks its relative residual ||F y - p|| / ||p|| and stops at
-    ``tolerance`` or when it stalls (see _NNLS_STALL); it stops after ``max_steps`` steps at the latest.
-    A stopped chunk keeps its x, so its result does not depend on the rest of the batch.
+    Frame-major: power mel [B, frames, n_mels] and a non-negative ``start`` (`nnls_start`) -> linear power
+    [B, frames, bins]. FISTA (Beck & Teboulle 2009) with the per-bin steps of `InversionBases.step`;
+    each chunk stops on its own (``stop``) and keeps its x, so its result does not depend on the batch.
     """
     filterbank, step = bases.filterbank, bases.step
-    x = nnls_start(power_mel, bases)
-    y, t = x, 1.0
+    x, y, t = start, start, 1.0
     scale = torch.linalg.vector_norm(power_mel, dim=(1, 2)).clamp_min(torch.finfo(torch.float32).tiny)
     going = torch.ones(len(power_mel), dtype=torch.bool, device=power_mel.device)
     previous_residual = torch.full_like(scale, math.inf)
-    for iteration in range(1, max_steps + 1):
+    for iteration in range(1, stop.max_steps + 1):
         error = y @ filterbank.T - power_mel
-        if iteration % _NNLS_CHECK_EVERY == 0:
+        if iteration % stop.check_every == 0:  # the residual at y comes with the gradient
             residual = torch.linalg.vector_norm(error, dim=(1, 2)) / scale
-            stalled = (residual > _NNLS_STALL * previous_residual) & (residual >= _NNLS_CONSISTENT)
-            going &= (residual >= tolerance) & ~stalled
+            going &= stop.keeps_going(residual, previous_residual)
             previous_residual = residual
             if not bool(going.any()):
                 break

@@ -6,9 +6,57 @@ measurably faster (bench/sampling_bench.py, the inversion table).
 
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
 import torch
 
+if TYPE_CHECKING:  # inversion.py imports this module
+    from distill_nb.inversion import InversionBases, NNLSStop
+
 _SMALLEST_NORMAL = torch.finfo(torch.float32).tiny
+
+
+def nnls_shrinking_batch(power_mel: torch.Tensor, start: torch.Tensor, bases: InversionBases,
+                         stop: NNLSStop) -> torch.Tensor:
+    """`inversion.nnls`, [B, frames, n_mels] -> [B, frames, bins], with a batch that shrinks as chunks stop.
+
+    A stopped chunk leaves the batch instead of being carried along, which pays when chunks stop far
+    apart (the mel of real audio: from ~40 steps to the cap), and the updates write into buffers: a fresh
+    multi-megabyte tensor per operation costs more than the arithmetic.
+    """
+    filterbank, step = bases.filterbank, bases.step
+    scale = torch.linalg.vector_norm(power_mel, dim=(1, 2)).clamp_min(_SMALLEST_NORMAL)
+    result = None  # made when the first chunk stops
+    rows = torch.arange(len(power_mel), device=power_mel.device)  # the chunks still iterating
+    target, x, y, t = power_mel, start.clone(), start.clone(), 1.0
+    x_next, gradient = torch.empty_like(x), torch.empty_like(x)
+    previous_residual = torch.full_like(scale, math.inf)
+    for iteration in range(1, stop.max_steps + 1):
+        error = torch.matmul(y, filterbank.T).sub_(target)
+        if iteration % stop.check_every == 0:
+            residual = torch.linalg.vector_norm(error, dim=(1, 2)) / scale[rows]
+            going = stop.keeps_going(residual, previous_residual)
+            if not bool(going.all()):
+                if result is None:
+                    result = torch.empty_like(x)
+                result[rows] = x  # the stopped chunks keep their x; the others are rewritten later
+                rows, target, error = rows[going], target[going], error[going]
+                x, y = x[going], y[going]
+                x_next, gradient = torch.empty_like(x), torch.empty_like(x)
+                if len(rows) == 0:
+                    return result
+            previous_residual = residual[going]
+        torch.matmul(error, filterbank, out=gradient)
+        torch.addcmul(y, step, gradient, value=-1.0, out=x_next).clamp_min_(0.0)
+        t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
+        # y = x_next + (t - 1) / t_next * (x_next - x), as a lerp from x_next away from x.
+        torch.lerp(x_next, x, -(t - 1.0) / t_next, out=y)
+        x, x_next, t = x_next, x, t_next
+    if result is None:
+        return x
+    result[rows] = x
+    return result
 
 
 def griffin_lim_frame_major(magnitude: torch.Tensor, angles: torch.Tensor, n_iter: int, length: int,

@@ -18,8 +18,10 @@ from distill_nb.inversion import (
     SEED_STYLE_INVERSION,
     InversionBases,
     InversionSettings,
+    NNLSStop,
     griffin_lim,
     nnls,
+    nnls_start,
     phase_gradient_start,
 )
 from distill_nb.spectrogram import Spectrogram, SpectrogramConfig, mel_filterbank
@@ -29,6 +31,11 @@ CPU = torch.device("cpu")
 
 def _bases(config: SpectrogramConfig) -> InversionBases:
     return InversionBases.build(torch.from_numpy(mel_filterbank(config)), config.n_fft, CPU)
+
+
+def _nnls(power_mel: torch.Tensor, bases: InversionBases, tolerance: float = 1e-4, max_steps: int = 128):
+    """The reference NNLS from its usual start."""
+    return nnls(power_mel, nnls_start(power_mel, bases), bases, NNLSStop(tolerance, max_steps))
 
 
 def _power_mel(spectrogram: Spectrogram, audio: np.ndarray) -> torch.Tensor:
@@ -327,11 +334,11 @@ def test_nnls_recovers_the_linear_power_of_a_real_mel():
     def residual(linear):
         return float(torch.linalg.norm(linear @ bases.filterbank.T - power_mel) / torch.linalg.norm(power_mel))
 
-    linear = nnls(power_mel, bases, tolerance=1e-4, max_steps=128)
+    linear = _nnls(power_mel, bases)
     assert linear.min() >= 0
     assert residual(linear) < 1e-3 < residual((power_mel @ bases.pinv.T).clamp_min(0))
     # A looser tolerance stops sooner, still within it (generation's, for decoded mels).
-    loose = nnls(power_mel, bases, tolerance=1e-2, max_steps=128)
+    loose = _nnls(power_mel, bases, tolerance=1e-2)
     assert residual(linear) < residual(loose) < 1e-2
 
 
@@ -346,13 +353,21 @@ def test_nnls_max_steps_stops_fista_after_that_many_steps():
     x_k = min(starts, key=lambda start: np.linalg.norm(start @ fb.T - p))
     y, t = x_k, 1.0
     for k in range(6):
-        ours = nnls(power_mel, bases, tolerance=1e-4, max_steps=k)[0].double().numpy()
+        ours = _nnls(power_mel, bases, max_steps=k)[0].double().numpy()
         np.testing.assert_allclose(ours, x_k, rtol=0, atol=1e-4 * np.abs(x_k).max(), err_msg=f"after {k} steps")
         x_next = np.maximum(y - step * ((y @ fb.T - p) @ fb), 0.0)
         t_next = (1.0 + np.sqrt(1.0 + 4.0 * t * t)) / 2.0
         y, x_k, t = x_next + (t - 1.0) / t_next * (x_next - x_k), x_next, t_next
-    converged = nnls(power_mel, bases, tolerance=1e-4, max_steps=128)[0].double().numpy()
+    converged = _nnls(power_mel, bases)[0].double().numpy()
     assert np.abs(converged - x_k).max() > 1e-2 * np.abs(x_k).max()  # 5 steps are far from the end
+
+
+def test_nnls_stop_ends_at_the_tolerance_or_a_stall_above_one_percent():
+    stop = NNLSStop(tolerance=1e-3, max_steps=128)
+    residual = torch.tensor([5e-4, 0.20, 0.20, 5e-3, 5e-3])
+    previous = torch.tensor([1e-3, 0.30, 0.205, 5.1e-3, 6e-3])
+    # converged; gaining fast; stalled above 1 %; slow but below 1 % (a real mel: runs on); gaining
+    assert stop.keeps_going(residual, previous).tolist() == [False, True, False, True, True]
 
 
 @pytest.mark.parametrize(
@@ -371,7 +386,7 @@ def test_nnls_result_of_a_chunk_does_not_depend_on_the_batch():
     bases = _bases(spectrogram.config)
     batch = np.stack(list(audio_signals(48000, 0.25).values()))  # chunks that converge at different speeds
     power_mel = _power_mel(spectrogram, batch)
-    together = nnls(power_mel, bases, tolerance=1e-4, max_steps=128)
+    together = _nnls(power_mel, bases)
     for row, mel in zip(together, power_mel):
-        alone = nnls(mel[None], bases, tolerance=1e-4, max_steps=128)[0]
+        alone = _nnls(mel[None], bases)[0]
         torch.testing.assert_close(row, alone, rtol=0, atol=1e-6 * float(alone.max()))

@@ -7,9 +7,10 @@ import pytest
 import torch
 from conftest import TINY_MEL, audio_signals
 
-from distill_nb.inversion import InversionSettings, griffin_lim
-from distill_nb.kernels import griffin_lim_frame_major
-from distill_nb.spectrogram import Spectrogram, SpectrogramConfig
+from distill_nb import kernels
+from distill_nb.inversion import InversionBases, InversionSettings, NNLSStop, griffin_lim, nnls, nnls_start
+from distill_nb.kernels import griffin_lim_frame_major, nnls_shrinking_batch
+from distill_nb.spectrogram import Spectrogram, SpectrogramConfig, mel_filterbank
 
 
 def _spectrum_and_start(config: SpectrogramConfig) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -41,11 +42,45 @@ def test_frame_major_griffin_lim_needs_a_hop_that_divides_n_fft():
         griffin_lim_frame_major(spectrum.abs(), angles, 1, length, torch.hann_window(1000), 300, 1.0, 0.99)
 
 
+@pytest.mark.parametrize(("tolerance", "max_steps"), [(1e-4, 128), (1e-2, 128), (1e-2, 4), (1e-4, 0), (1e-4, 3)])
+def test_shrinking_batch_nnls_equals_the_reference(tolerance, max_steps):
+    """Chunks that stop at different steps (a tone, noise, a chirp, silence, a smooth mel) give the
+    reference's result, and the start is not overwritten."""
+    config = SpectrogramConfig()
+    spectrogram = Spectrogram(config)
+    signals = list(audio_signals(config.sample_rate, 0.25).values()) + [np.zeros(12000, np.float32)]
+    mels = torch.cat([spectrogram.waveform_to_mel(np.stack(signals)),
+                      torch.linspace(-8, -2, config.n_mels)[None, :, None].expand(1, -1, 24)])
+    power_mel = (mels.exp() - config.log_floor).clamp_min(0).transpose(1, 2)
+    bases = InversionBases.build(torch.from_numpy(mel_filterbank(config)), config.n_fft, torch.device("cpu"))
+    start = nnls_start(power_mel, bases)
+    kept = start.clone()
+    stop = NNLSStop(tolerance, max_steps)
+    fast, reference = nnls_shrinking_batch(power_mel, start, bases, stop), nnls(power_mel, start, bases, stop)
+    assert torch.equal(start, kept)
+    torch.testing.assert_close(fast, reference, rtol=0, atol=1e-5 * float(reference.abs().max()))
+
+
+def _recording(kernel, calls: list[str]):
+    """``kernel``, appending its name to ``calls`` on every call."""
+    def recorded(*args):
+        calls.append(kernel.__name__)
+        return kernel(*args)
+    return recorded
+
+
 @pytest.mark.parametrize("config", [SpectrogramConfig(), SpectrogramConfig(n_fft=1000, hop_length=300)])
-def test_mel_to_waveform_gives_the_same_audio_with_and_without_kernels(config):
-    """fast_kernels selects the kernel where it applies (hop | n_fft) and the reference elsewhere."""
+def test_fast_kernels_selects_the_kernels_where_they_apply(config, monkeypatch):
+    """fast_kernels runs the kernels (Griffin-Lim's where hop | n_fft) and gives the references' audio. (From a
+    random start: the phase-gradient start's peak picking would turn float rounding into other phases.)"""
+    called = []
+    for name in ("nnls_shrinking_batch", "griffin_lim_frame_major"):
+        monkeypatch.setattr(kernels, name, _recording(getattr(kernels, name), called))
     spectrogram = Spectrogram(config)
     mel = spectrogram.waveform_to_mel(audio_signals(config.sample_rate, 0.3)["vibrato"])
-    fast, reference = (spectrogram.mel_to_waveform(mel, InversionSettings(griffin_lim_iters=4, fast_kernels=use))
+    fast, reference = (spectrogram.mel_to_waveform(mel, InversionSettings(griffin_lim_iters=4, phase_start="random",
+                                                                          fast_kernels=use))
                        for use in (True, False))
+    hop_divides = config.n_fft % config.hop_length == 0
+    assert called == ["nnls_shrinking_batch"] + ["griffin_lim_frame_major"] * hop_divides
     torch.testing.assert_close(fast, reference, rtol=0, atol=1e-4 * float(reference.abs().max()))
