@@ -12,6 +12,7 @@ of the 0.1 s just before each blended region with the 0.1 s just after it (RMS d
 same comparison at the points halfway between seams (1.0 = the sound changes at a seam no more than
 inside a chunk). The flux ratio is also given relative to the named baseline, independent + crossfade
 (the original system's generation). The model is the bundled default unless --model names a file.
+Writes bench/results/seam_bench.md.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import time
 
 import numpy as np
+from common import write_results
 
 from distill_nb.analysis import seam_discontinuity
 from distill_nb.generation import MODES, STITCHES, GenerationSettings, generate_takes
@@ -76,18 +78,19 @@ def main() -> None:
 
     loaded = load_model(args.model, device=args.device) if args.model else load_default_model(device=args.device)
     seeds = list(range(args.seeds))
-    print(f"model: {args.model or 'bundled default'}; {len(seeds)} takes of {args.duration:g} s per row, "
-          f"default settings otherwise; device {args.device}")
+    lines = [f"model: {args.model or 'bundled default'}; {len(seeds)} takes of {args.duration:g} s per row, "
+             f"default settings otherwise; device {args.device}"]
 
     rows = {(mode, stitch): measure(loaded, mode, stitch, seeds, args.duration) for mode in MODES for stitch in STITCHES}
     baseline = rows[BASELINE]["flux"]
-    print(f"\n{'mode':<13} {'stitch':<12} {'seams':>5} {'flux ratio':>10} {'vs baseline':>11} "
-          f"{'jump ratio':>10} {'texture ratio':>13} {'s / take':>9}")
+    lines.append(f"\n{'mode':<13} {'stitch':<12} {'seams':>5} {'flux ratio':>10} {'vs baseline':>11} "
+                 f"{'jump ratio':>10} {'texture ratio':>13} {'s / take':>9}")
     for (mode, stitch), row in rows.items():
-        print(f"{mode:<13} {stitch:<12} {row['seams']:>5} {row['flux']:>10.2f} {row['flux'] / baseline:>10.2f}x "
-              f"{row['jump']:>10.2f} {row['texture']:>13.2f} {row['seconds']:>9.2f}")
-    print(f"\nratios: at seams / away from seams, 1.0 = seamless, lower is better; "
-          f"baseline = {' + '.join(BASELINE)}")
+        lines.append(f"{mode:<13} {stitch:<12} {row['seams']:>5} {row['flux']:>10.2f} {row['flux'] / baseline:>10.2f}x "
+                     f"{row['jump']:>10.2f} {row['texture']:>13.2f} {row['seconds']:>9.2f}")
+    lines.append(f"\nratios: at seams / away from seams, 1.0 = seamless, lower is better; "
+                 f"baseline = {' + '.join(BASELINE)}")
+    write_results("seam_bench", "\n".join(lines))
 
 
 if __name__ == "__main__":

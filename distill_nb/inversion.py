@@ -4,9 +4,9 @@
 
 Each step has one readable reference here: the NNLS by preconditioned FISTA (`nnls`), the phase start
 (`phase_gradient_start`) and Griffin-Lim through torch.stft / torch.istft (`griffin_lim`). ``kernels.py``
-holds faster equivalents of the NNLS and Griffin-Lim that `InversionSettings.fast_kernels` selects. Spectra are frame-major,
-[B, frames, bins], as the rfft of the frames gives them: the NNLS is then one matrix product over all
-frames of all chunks.
+holds faster equivalents of the NNLS and Griffin-Lim that `InversionSettings.fast_kernels` selects.
+Spectra are frame-major, [B, frames, bins], as the rfft of the frames gives them: the NNLS is then one
+matrix product over all frames of all chunks.
 """
 
 from __future__ import annotations
@@ -129,6 +129,29 @@ def invert_mel(mel: torch.Tensor, config: SpectrogramConfig, bases: InversionBas
 
     ``bases`` must be on the mel's device; see `Spectrogram.mel_to_waveform` for the arguments.
     """
+    mel, length = _checked(mel, config, settings, length)
+    generator = torch.Generator().manual_seed(0) if generator is None else generator
+    if len(mel) == 0:  # nothing to invert (the FFT libraries reject an empty batch)
+        return torch.zeros(0, length, device=mel.device)
+    with torch.no_grad():
+        power_mel = (torch.exp(mel.float()) - config.log_floor).clamp_min(0.0).transpose(1, 2)
+        stop = NNLSStop(settings.nnls_tolerance, settings.nnls_max_steps)
+        solve = kernels.nnls_shrinking_batch if settings.fast_kernels else nnls
+        magnitude = solve(power_mel, nnls_start(power_mel, bases), bases, stop).sqrt()
+        if settings.phase_start == "gradient":
+            phase = phase_gradient_start(magnitude, config.n_fft, config.hop_length, generator)
+        else:
+            phase = random_phase(magnitude, generator)
+        angles = torch.complex(torch.cos(phase), torch.sin(phase))  # torch.polar is several times slower on CPU
+        frame_major = settings.fast_kernels and config.n_fft % config.hop_length == 0
+        run = kernels.griffin_lim_frame_major if frame_major else griffin_lim
+        return run(magnitude, angles, settings.griffin_lim_iters, length, bases.window, config.hop_length,
+                   settings.relaxation, _GRIFFIN_LIM_MOMENTUM)
+
+
+def _checked(mel: torch.Tensor, config: SpectrogramConfig, settings: InversionSettings,
+             length: int | None) -> tuple[torch.Tensor, int]:
+    """The mel as [B, n_mels, frames] and the output length as an int; errors name the argument."""
     if not isinstance(settings, InversionSettings):
         raise TypeError(f"settings must be an InversionSettings, got {type(settings).__name__}")
     mel = mel.unsqueeze(0) if mel.ndim == 2 else mel
@@ -136,31 +159,14 @@ def invert_mel(mel: torch.Tensor, config: SpectrogramConfig, bases: InversionBas
         raise ValueError(f"mel must be [B, {config.n_mels}, frames] or [{config.n_mels}, frames], "
                          f"got {tuple(mel.shape)}")
     frames, hop = mel.shape[-1], config.hop_length
-    length = (frames - 1) * hop if length is None else length
-    # The STFT of `length` samples must have `frames` frames, or Griffin-Lim's projection fails.
-    if isinstance(length, bool) or not isinstance(length, Integral) or not (
-            max(1, (frames - 1) * hop) <= length < frames * hop):
-        raise ValueError(f"length must be an integer in [{(frames - 1) * hop}, {frames * hop}) for {frames} "
-                         f"frames, got {length!r}")
-    generator = torch.Generator().manual_seed(0) if generator is None else generator
-    if len(mel) == 0:  # nothing to invert (the FFT libraries reject an empty batch)
-        return torch.zeros(0, int(length), device=mel.device)
-    with torch.no_grad():
-        power_mel = (torch.exp(mel.float()) - config.log_floor).clamp_min(0.0).transpose(1, 2)
-        stop = NNLSStop(settings.nnls_tolerance, settings.nnls_max_steps)
-        solve = kernels.nnls_shrinking_batch if settings.fast_kernels else nnls
-        magnitude = solve(power_mel, nnls_start(power_mel, bases), bases, stop).sqrt()
-        if settings.phase_start == "gradient":
-            phase = phase_gradient_start(magnitude, config.n_fft, hop, generator)
-        else:
-            phase = random_phase(magnitude, generator)
-        angles = torch.complex(torch.cos(phase), torch.sin(phase))  # torch.polar takes 6x as long on CPU
-        if settings.fast_kernels and config.n_fft % hop == 0:
-            run_griffin_lim = kernels.griffin_lim_frame_major
-        else:
-            run_griffin_lim = griffin_lim
-        return run_griffin_lim(magnitude, angles, settings.griffin_lim_iters, int(length), bases.window, hop,
-                   settings.relaxation, _GRIFFIN_LIM_MOMENTUM)
+    # The STFT of `length` samples must have `frames` frames, or Griffin-Lim's projection fails, and more
+    # than n_fft // 2 samples, or it cannot reflect-pad them.
+    shortest = max((frames - 1) * hop, config.n_fft // 2 + 1)
+    length = shortest if length is None else length
+    if isinstance(length, bool) or not isinstance(length, Integral) or not shortest <= length < frames * hop:
+        raise ValueError(f"length must be an integer in [{shortest}, {frames * hop}) for {frames} frames "
+                         f"(hop {hop}, n_fft {config.n_fft}), got {length!r}")
+    return mel, int(length)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -166,7 +166,8 @@ class Spectrogram:
             mel: [B, n_mels, frames] or [n_mels, frames] log-mel (as from ``waveform_to_mel``).
             settings: the iterations, phase start, relaxation and NNLS stopping rule; the default suits
                 the mel of real audio, ``inversion.DECODED_INVERSION`` a decoded mel.
-            length: output samples, in [(frames - 1) * hop, frames * hop); None = (frames - 1) * hop.
+            length: output samples, in [(frames - 1) * hop, frames * hop) and > n_fft // 2; None = the
+                shortest.
             generator: draws the random initial phases (on its own device), chunk b taking the b-th draw;
                 the same seed gives the same audio. None uses a fresh generator seeded 0.
 
