@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import write_results  # noqa: E402
+from common import median_seconds, write_results  # noqa: E402
 
 from distill_nb.inversion import InversionSettings  # noqa: E402
 from distill_nb.spectrogram import Spectrogram  # noqa: E402
@@ -48,12 +48,7 @@ def bench_signal(seconds: float, sample_rate: int, seed: int = 0) -> np.ndarray:
 def median_time(fn, repeats: int) -> float:
     """Median wall time of ``fn()`` over ``repeats`` calls, after one untimed warm-up call."""
     fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(fn, repeats)
 
 
 def timed(fn):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime
 import platform
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,16 @@ def write_results(bench: str, report: str) -> Path:
     path.write_text(f"# {bench}\n\n{when}; torch {torch.__version__}, {torch.get_num_threads()} intra-op threads; "
                     f"Python {platform.python_version()} on {platform.machine()}\n\n```\n{report.strip()}\n```\n")
     return path
+
+
+def median_seconds(run: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``repeats`` calls of ``run`` (warm it up first where the first call is slower)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def mel_convergence(spectrogram: Spectrogram, mels: torch.Tensor, audio: torch.Tensor) -> float:

@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from common import click_counts, mel_convergence, write_results
+from common import click_counts, median_seconds, mel_convergence, write_results
 
 from distill_nb import kernels
 from distill_nb.audio import load_audio
@@ -38,15 +36,6 @@ from distill_nb.spectrogram import Spectrogram, mel_filterbank
 
 DECODED_SEEDS = (0, 11, 22, 33)  # chunk i of seed s is sampled with seed s + i: 11 chunks each, none shared
 REAL_INVERSION = InversionSettings(griffin_lim_iters=12)
-
-
-def median_seconds(run: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def corpus_mels(spectrogram: Spectrogram, corpus: Path) -> torch.Tensor:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from distill_nb.checks import finite_float, integer_at_least
+from distill_nb.checks import config_from_dict, finite_float, integer_at_least
 from distill_nb.inversion import InversionBases, InversionSettings, invert_mel
 
 __all__ = ["CHUNK_SECONDS", "SpectrogramConfig", "Spectrogram", "mel_filterbank"]
@@ -87,12 +87,7 @@ class SpectrogramConfig:
     @classmethod
     def from_dict(cls, data: Mapping) -> SpectrogramConfig:
         """Inverse of ``to_dict``; missing keys take their defaults, unknown keys raise ValueError."""
-        if not isinstance(data, Mapping):
-            raise TypeError(f"data must be a mapping of SpectrogramConfig fields, got {type(data).__name__}")
-        unknown = sorted(set(data) - {field.name for field in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown SpectrogramConfig fields: {unknown}")
-        return cls(**data)
+        return config_from_dict(cls, data)
 
 
 class Spectrogram:
