@@ -239,6 +239,8 @@ def random_phase(magnitude: torch.Tensor, generator: torch.Generator) -> torch.T
     takes the b-th draw, so its phases do not depend on the batch size."""
     phase = 2 * math.pi * torch.rand(magnitude.shape, generator=generator, device=generator.device)
     return phase.to(magnitude.device)
+
+
 def phase_gradient_start(magnitude: torch.Tensor, n_fft: int, hop: int, generator: torch.Generator) -> torch.Tensor:
     """A Griffin-Lim starting phase, radians [B, frames, bins], from a magnitude [B, frames, bins] alone.
 
@@ -251,23 +253,27 @@ def phase_gradient_start(magnitude: torch.Tensor, n_fft: int, hop: int, generato
     derivatives would give every frame the phase of one impulse at the same multiple of n_fft, a click.
     Chunk b's random phases are the generator's b-th draw, so they do not depend on the batch size.
     """
-    frames = magnitude.shape[1]
     log_magnitude = torch.log(magnitude + 1e-6 * _chunk_peak(magnitude).clamp_min(1e-30))  # -120 dB floor
     frame_step, bin_step = _phase_steps(log_magnitude, n_fft, hop)
     peak = _peak_of(log_magnitude)
     structured = (_concentration(log_magnitude, n_fft, hop) > _MIN_CONCENTRATION) & (
         magnitude > _PHASE_FLOOR * _chunk_peak(magnitude))
-    locked = structured.gather(-1, peak)  # bins in the region of a peak with an STFT's shape
-    from_peak = _frequency_integral(bin_step, peak)
-    continued = locked[:, 1:] & locked[:, :-1]
     advance = 0.5 * (frame_step[:, 1:] + frame_step[:, :-1])  # trapezoidal rule
-    random = random_phase(magnitude, generator)
-    phase = torch.empty_like(magnitude)
+    return _integrate_frames(structured.gather(-1, peak), peak, _frequency_integral(bin_step, peak), advance,
+                             random_phase(magnitude, generator))
+
+
+def _integrate_frames(locked: torch.Tensor, peak: torch.Tensor, from_peak: torch.Tensor, advance: torch.Tensor,
+                      random: torch.Tensor) -> torch.Tensor:
+    """Frame by frame, [B, frames, bins]: a peak takes its bin's phase in the previous frame plus ``advance``
+    if that bin was locked there, else its random phase; a ``locked`` bin (in the region of a structured
+    peak) takes its peak's phase plus ``from_peak``; any other bin keeps its ``random`` phase."""
+    phase = torch.empty_like(random)
     peak_phase = random[:, 0]
-    for frame in range(frames):
+    for frame in range(random.shape[1]):
         if frame > 0:
-            peak_phase = torch.where(continued[:, frame - 1], phase[:, frame - 1] + advance[:, frame - 1],
-                                     random[:, frame])
+            continued = locked[:, frame - 1] & locked[:, frame]
+            peak_phase = torch.where(continued, phase[:, frame - 1] + advance[:, frame - 1], random[:, frame])
         from_phase = peak_phase.gather(-1, peak[:, frame]) + from_peak[:, frame]
         phase[:, frame] = torch.where(locked[:, frame], from_phase, random[:, frame]).remainder_(2 * math.pi)
     return phase
@@ -294,9 +300,9 @@ def _phase_steps(log_magnitude: torch.Tensor, n_fft: int, hop: int) -> tuple[tor
 
 
 def _concentration(log_magnitude: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
-    """The curvature of log|X| across bins and across frames, [B, frames, bins], scaled so that it is 1
-    for a sinusoid and for an impulse: and for any STFT with a Gaussian window, away from its zeros
-    (log|X| plus a quadratic is harmonic there). A magnitude smoothed over many components is flatter."""
+    """The curvature of log|X| across bins plus across frames, [B, frames, bins], scaled to be 1 for a
+    sinusoid, for an impulse, and for any STFT with a Gaussian window away from its zeros (log|X| plus a
+    quadratic is harmonic there); a magnitude smoothed over many components is flatter, near 0."""
     ratio = n_fft / hop
     across_bins = -_second_difference(log_magnitude, dim=2) / (2 * math.pi * _HANN_GAUSSIAN_LAMBDA)
     across_frames = -_second_difference(log_magnitude, dim=1) * _HANN_GAUSSIAN_LAMBDA * ratio**2 / (2 * math.pi)
