@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime
 import platform
+import shlex
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,13 +21,16 @@ CLICK_RATIO = 10.0  # as tests/test_inversion.py: a sample this far above its 4 
 
 
 def write_results(bench: str, report: str) -> Path:
-    """Print ``report`` and write it to bench/results/<bench>.md under the date, torch version and threads."""
+    """Print ``report`` and write it to bench/results/<bench>.md under the command, date, torch version and
+    thread count."""
     print(report)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{bench}.md"
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    path.write_text(f"# {bench}\n\n{when}; torch {torch.__version__}, {torch.get_num_threads()} intra-op threads; "
-                    f"Python {platform.python_version()} on {platform.machine()}\n\n```\n{report.strip()}\n```\n")
+    command = shlex.join(["python", f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    path.write_text(f"# {bench}\n\n`{command}`: {when}; torch {torch.__version__}, {torch.get_num_threads()} intra-op "
+                    f"threads; Python {platform.python_version()} on {platform.machine()}\n\n"
+                    f"```\n{report.strip()}\n```\n")
     return path
 
 

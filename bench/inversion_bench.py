@@ -114,8 +114,8 @@ def main() -> None:
         real = corpus_mels(spectrogram, args.corpus)
         inputs.insert(0, (f"{len(real)} real chunks", real, REAL_INVERSION))
 
-    lines = [f"mel -> waveform; real: middle seconds of {args.corpus}, {REAL_INVERSION}; decoded: bundled model, "
-             f"{DECODED_INVERSION}", "",
+    lines = [f"mel -> waveform; real: middle seconds of {args.corpus}, InversionSettings(griffin_lim_iters=12); "
+             f"decoded: bundled model, DECODED_INVERSION", "",
              f"{'mels, phase start':<40} {'mel SC':>7} {'clicks':>13} {'s':>7}"]
     for label, mels, settings in inputs:
         lines += quality_rows(spectrogram, label, mels, settings, args.seeds, args.repeats)
