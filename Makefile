@@ -57,6 +57,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/audio_bench.py
 	$(PY) bench/sampling_bench.py
+	$(PY) bench/inversion_bench.py
 	$(PY) bench/seam_bench.py
 	$(PY) bench/model_quality.py
 

@@ -12,7 +12,7 @@ Both sides use the same mel settings (the default SpectrogramConfig: 48 kHz, n_f
 librosa's mel_to_audio is mel_to_stft (NNLS by L-BFGS-B) + griffinlim; the benchmark calls the two
 itself so the initial phase comes from an explicit seed rather than numpy's global RNG. A batch of
 10 chunks is 10 librosa calls. Its NNLS takes minutes per chunk at n_fft 2048 on a small CPU, hence
-the separate (default 1) repeat count for it.
+the separate (default 1) repeat count for it. Writes bench/results/audio_bench.md.
 """
 
 from __future__ import annotations
@@ -28,7 +28,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from distill_nb.audio import Spectrogram  # noqa: E402
+from common import median_seconds, write_results  # noqa: E402
+
+from distill_nb.inversion import InversionSettings  # noqa: E402
+from distill_nb.spectrogram import Spectrogram  # noqa: E402
 
 
 def bench_signal(seconds: float, sample_rate: int, seed: int = 0) -> np.ndarray:
@@ -45,12 +48,7 @@ def bench_signal(seconds: float, sample_rate: int, seed: int = 0) -> np.ndarray:
 def median_time(fn, repeats: int) -> float:
     """Median wall time of ``fn()`` over ``repeats`` calls, after one untimed warm-up call."""
     fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(fn, repeats)
 
 
 def timed(fn):
@@ -107,8 +105,8 @@ def main() -> None:
         log(f"mel -> waveform, ours, batch {batch} ...")
 
         def ours_inverse(seed=0):
-            return spectrogram.mel_to_waveform(mels[:batch], n_iter=args.n_iter, length=chunk,
-                                               generator=torch.Generator().manual_seed(seed)).numpy()
+            return spectrogram.mel_to_waveform(mels[:batch], InversionSettings(griffin_lim_iters=args.n_iter),
+                                               length=chunk, generator=torch.Generator().manual_seed(seed)).numpy()
 
         ours = median_time(ours_inverse, args.repeats)
         sc_ours = np.mean([spectral_convergence(c, y) for seed in range(args.phase_seeds)
@@ -139,16 +137,15 @@ def main() -> None:
         rows.append((f"mel -> waveform, 1 s chunk x {batch}", ours, statistics.median(times), sc_ours,
                      float(np.mean(sc_theirs))))
 
-    print(f"distill_nb.audio vs librosa {librosa.__version__}  (torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; n_fft {n_fft}, hop {hop}, {config.n_mels} {config.mel_scale} mels, "
-          f"{sr} Hz; n_iter {args.n_iter}; median of {args.repeats} repeats, librosa inverse "
-          f"{args.librosa_inverse_repeats}; SC over {args.phase_seeds} phase seeds)")
     header = f"{'task':<34}{'ours (s)':>11}{'librosa (s)':>13}{'speed-up':>10}{'SC ours':>10}{'SC librosa':>12}"
-    print(header)
-    print("-" * len(header))
+    lines = [f"distill_nb mel and mel_to_waveform vs librosa {librosa.__version__} (n_fft {n_fft}, hop {hop}, "
+             f"{config.n_mels} {config.mel_scale} mels, {sr} Hz; n_iter {args.n_iter}; median of {args.repeats} "
+             f"repeats, librosa inverse {args.librosa_inverse_repeats}; SC over {args.phase_seeds} phase seeds)",
+             header, "-" * len(header)]
     for task, ours, theirs, sc_ours, sc_theirs in rows:
         sc = f"{sc_ours:>10.4f}{sc_theirs:>12.4f}" if sc_ours is not None else f"{'':>10}{'':>12}"
-        print(f"{task:<34}{ours:>11.4f}{theirs:>13.3f}{theirs / ours:>9.1f}x{sc}")
+        lines.append(f"{task:<34}{ours:>11.4f}{theirs:>13.3f}{theirs / ours:>9.1f}x{sc}")
+    write_results("audio_bench", "\n".join(lines))
 
 
 if __name__ == "__main__":

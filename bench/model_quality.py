@@ -12,6 +12,7 @@ Spectral convergence (SC) is ||S(x)| - |S(y)||_F / ||S(x)||_F on the linear STFT
 distance (LSD) is the per-frame RMS of the dB difference, averaged over frames (silence floored at
 -100 dB). The prior's perplexity is exp(cross-entropy) on the held-out codes; the Jensen-Shannon divergence
 (bits, per level) compares codes sampled with the default settings against the training-code histogram.
+Writes bench/results/model_quality.md.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ import math
 
 import torch
 import torch.nn.functional as F
+from common import write_results
 
 from distill_nb.analysis import code_histograms, js_divergence
 from distill_nb.corpus import demo_corpus
 from distill_nb.generation import GenerationSettings
-from distill_nb.model_file import load_default_model, load_model
+from distill_nb.inversion import InversionSettings
+from distill_nb.model_file import LoadedVQModel, load_default_model, load_model
 from distill_nb.prior import flatten_codes
 from distill_nb.sampling import sample_codes
 
@@ -64,37 +67,40 @@ def main() -> None:
         codes = vqvae.encode(mel)
         decoded = vqvae.decode_codes(codes, mel.shape[-1])
         n = chunks.shape[-1]
-        ceiling = spectrogram.mel_to_waveform(mel, n_iter=args.n_iter, length=n,
-                                              generator=torch.Generator().manual_seed(0))
-        model = spectrogram.mel_to_waveform(decoded, n_iter=args.n_iter, length=n,
-                                            generator=torch.Generator().manual_seed(0))
+        inversion = InversionSettings(griffin_lim_iters=args.n_iter)
+        ceiling = spectrogram.mel_to_waveform(mel, inversion, length=n, generator=torch.Generator().manual_seed(0))
+        model = spectrogram.mel_to_waveform(decoded, inversion, length=n, generator=torch.Generator().manual_seed(0))
         reference = magnitudes(chunks, n_fft, hop)
         rows = [("mel -> Griffin-Lim (ceiling)", magnitudes(ceiling, n_fft, hop)),
                 ("VQ-VAE codes -> Griffin-Lim", magnitudes(model, n_fft, hop))]
         mel_rmse = float((decoded - mel).pow(2).mean().sqrt())
 
-    print(f"model: {loaded.metadata.get('name', '?')}; held-out: {len(chunks)} chunks of 1 s "
-          f"(demo corpus seed 1), Griffin-Lim n_iter={args.n_iter}")
-    print(f"{'path':32s} {'SC':>7s} {'LSD dB':>8s}")
-    for name, estimate in rows:
-        print(f"{name:32s} {spectral_convergence(reference, estimate):7.3f} "
-              f"{log_spectral_distance(reference, estimate):8.2f}")
-    print(f"log-mel RMSE of decode(encode(x)) vs mel(x): {mel_rmse:.3f} (natural-log units)")
+    lines = [f"model: {loaded.metadata.get('name', '?')}; held-out: {len(chunks)} chunks of 1 s "
+             f"(demo corpus seed 1), Griffin-Lim n_iter={args.n_iter}", f"{'path':32s} {'SC':>7s} {'LSD dB':>8s}"]
+    lines += [f"{name:32s} {spectral_convergence(reference, estimate):7.3f} "
+              f"{log_spectral_distance(reference, estimate):8.2f}" for name, estimate in rows]
+    lines.append(f"log-mel RMSE of decode(encode(x)) vs mel(x): {mel_rmse:.3f} (natural-log units)")
+    if prior is not None:
+        lines += prior_lines(loaded, codes, args.samples)
+    write_results("model_quality", "\n".join(lines))
 
-    if prior is None:
-        return
+
+def prior_lines(loaded: LoadedVQModel, codes: torch.Tensor, samples: int) -> list[str]:
+    """The prior's perplexity on the held-out codes, and the divergence of its samples from the training codes."""
+    prior = loaded.prior
     with torch.inference_mode():
         tokens = flatten_codes(codes)
         loss = F.cross_entropy(prior(tokens).flatten(0, 1), tokens.flatten())
         settings = GenerationSettings()
-        sampled = sample_codes(prior, args.samples, list(range(args.samples)), settings.temperature,
+        sampled = sample_codes(prior, samples, list(range(samples)), settings.temperature,
                                settings.top_k, settings.top_p, settings.min_p)
-    print(f"prior perplexity on held-out codes: {math.exp(float(loss)):.1f} (codebook {prior.codebook_size})")
+    lines = [f"prior perplexity on held-out codes: {math.exp(float(loss)):.1f} (codebook {prior.codebook_size})"]
     if loaded.train_code_counts is not None:
         generated = code_histograms(sampled, prior.codebook_size, num_quantizers=prior.num_quantizers)
         jsd = js_divergence(generated, loaded.train_code_counts)
-        print(f"JS divergence, {args.samples} sampled sequences (top_p {settings.top_p}) vs training codes, "
-              f"per level (bits): " + ", ".join(f"{float(v):.3f}" for v in jsd))
+        lines.append(f"JS divergence, {samples} sampled sequences (top_p {settings.top_p}) vs training codes, "
+                     f"per level (bits): " + ", ".join(f"{float(v):.3f}" for v in jsd))
+    return lines
 
 
 if __name__ == "__main__":

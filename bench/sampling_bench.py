@@ -6,39 +6,41 @@ Sampling rows, on the same weights:
 seed-style: a full forward pass every step, batch 1, chunk after chunk (sample_codes_full_forward).
 ours:       all 10 chunks in one batch through the KV cache (sample_codes).
 End-to-end rows (10 s of audio; needs the bundled model):
-seed-style: that sampler, then per chunk: decode, NNLS mel -> linear magnitude, a random initial phase
-            and 128 fast Griffin-Lim iterations through torch.stft / torch.istft (torchaudio's
-            griffinlim loop), then a 50 ms crossfade.
-ours:       generation.generate with the default settings (NNLS stopped after generation's few steps for
-            a decoded mel, phase-gradient start, 12 iterations of the buffer-reusing relaxed Griffin-Lim,
-            all chunks in one batch), in "independent" mode (all chunks sampled in one batch) and in
-            "continuation" mode (the default: chunk after chunk, each primed by the previous one).
-Inversion rows: mel -> waveform of the 11 decoded chunks of one take, with the spectral convergence of
-the result's magnitude mel against the decoded mel it inverts (lower is better): what each end-to-end
-row spends on Griffin-Lim, and what it buys.
+seed-style: that sampler, then per chunk: decode, mel_to_waveform with SEED_STYLE_INVERSION (NNLS, a
+            random start and 128 plain fast Griffin-Lim iterations through torch.stft / torch.istft,
+            torchaudio's loop), then a 50 ms crossfade.
+ours:       generation.generate with the default settings (DECODED_INVERSION: NNLS stopped after a few
+            steps, phase-gradient start, 12 relaxed iterations on the kernels, all chunks in one batch), in
+            "independent" mode (all chunks sampled in one batch) and in "continuation" mode (the default:
+            chunk after chunk, each primed by the previous one).
+Inversion rows: mel -> waveform of the 11 decoded chunks of one take with each named InversionSettings,
+and with generation's but without the kernels (what they buy). "mel SC" is the spectral convergence of
+the result's magnitude mel against the decoded mel it inverts (lower is better); "clicks" counts samples
+over 10x their 4 ms neighbourhood, at multiples of n_fft / elsewhere (bench/common.py).
 The prior is the bundled default model's if distill_nb/data/default.distill exists (and --random-init is
 not given), else a randomly initialised default-sized one (codebook 128, d_model 256, 4 layers, 4 heads,
-seq_len 144); eval mode either way.
+seq_len 144); eval mode either way. Writes bench/results/sampling_bench.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
 
 import torch
+from common import click_counts, mel_convergence, write_results
 
-from distill_nb.audio import _NNLS_TOLERANCE, Spectrogram, crossfade_chunks
-from distill_nb.generation import _DECODED_NNLS_STEPS, _DECODED_NNLS_TOLERANCE, GenerationSettings, generate
+from distill_nb.generation import GenerationSettings, generate
+from distill_nb.inversion import DECODED_INVERSION, PREVIOUS_INVERSION, SEED_STYLE_INVERSION
 from distill_nb.model_file import DEFAULT_MODEL_PATH, LoadedVQModel, load_default_model
 from distill_nb.prior import CodePrior, PriorConfig, unflatten_codes
 from distill_nb.sampling import sample_codes, sample_codes_full_forward
+from distill_nb.stitching import crossfade_chunks
 
 NUM_CHUNKS = 10
-SEED_STYLE_GRIFFIN_LIM_ITERS = 128
 SEED_STYLE_OVERLAP = 2400  # 50 ms at 48 kHz
 DEFAULT_ITERS = GenerationSettings.griffin_lim_iters
 
@@ -59,32 +61,6 @@ def seconds(run: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def linear_magnitude(spectrogram: Spectrogram, mel: torch.Tensor, tolerance: float) -> tuple[torch.Tensor, ...]:
-    """log-mel [B, n_mels, frames] -> (NNLS linear magnitude [B, frames, bins], the STFT window), as
-    mel_to_waveform computes them."""
-    bases = spectrogram._bases_on(mel.device)
-    power_mel = (mel.exp() - spectrogram.config.log_floor).clamp_min(0.0).transpose(1, 2)
-    return spectrogram._mel_power_to_linear(power_mel, bases, tolerance).sqrt(), bases.window
-
-
-def seed_style_inversion(spectrogram: Spectrogram, mel: torch.Tensor, n_iter: int, seed: int) -> torch.Tensor:
-    """log-mel [B, n_mels, frames] -> [B, chunk]: NNLS, random phase, Griffin-Lim via torch.stft/istft."""
-    with torch.inference_mode():
-        magnitude, window = linear_magnitude(spectrogram, mel, _NNLS_TOLERANCE)
-        phase = 2 * math.pi * torch.rand(magnitude.shape, generator=torch.Generator().manual_seed(seed))
-        return spectrogram._griffin_lim_general(magnitude, torch.polar(torch.ones_like(phase), phase), n_iter,
-                                                spectrogram.chunk_samples, window, relaxation=1.0)
-
-
-def plain_inversion(spectrogram: Spectrogram, mel: torch.Tensor, n_iter: int) -> torch.Tensor:
-    """The previous generation settings on today's kernels: NNLS run until it stalls, plain fast Griffin-Lim."""
-    with torch.inference_mode():
-        magnitude, window = linear_magnitude(spectrogram, mel, _DECODED_NNLS_TOLERANCE)
-        phase = spectrogram._integrated_phase(magnitude)
-        return spectrogram._griffin_lim(magnitude, torch.complex(torch.cos(phase), torch.sin(phase)), n_iter,
-                                        spectrogram.chunk_samples, window, relaxation=1.0)
-
-
 def seed_style_audio(loaded: LoadedVQModel, seed: int) -> None:
     """10 s the seed's way: chunk after chunk, full-forward sampling, 128 Griffin-Lim iterations each."""
     chunks = []
@@ -93,41 +69,38 @@ def seed_style_audio(loaded: LoadedVQModel, seed: int) -> None:
         flat = sample_codes_full_forward(loaded.prior, 1, [seed + i])
         with torch.inference_mode():
             mel = loaded.model.decode_codes(unflatten_codes(flat, loaded.prior.num_quantizers), frames)
-        chunks.append(seed_style_inversion(loaded.spectrogram, mel, SEED_STYLE_GRIFFIN_LIM_ITERS, seed + i)[0])
+        chunks.append(loaded.spectrogram.mel_to_waveform(mel, SEED_STYLE_INVERSION, length=loaded.chunk_samples,
+                                                         generator=torch.Generator().manual_seed(seed + i))[0])
     crossfade_chunks(chunks, SEED_STYLE_OVERLAP)[: NUM_CHUNKS * loaded.chunk_samples]
 
 
-def mel_convergence(spectrogram: Spectrogram, mels: torch.Tensor, audio: torch.Tensor) -> float:
-    """||sqrt(P) - sqrt(P_hat)|| / ||sqrt(P)|| between the power mels of `mels` and of `audio`, all chunks."""
-    floor = spectrogram.config.log_floor
-    target = (mels.exp() - floor).clamp_min(0.0).sqrt()
-    rebuilt = (spectrogram.waveform_to_mel(audio).exp() - floor).clamp_min(0.0).sqrt()
-    return float(torch.linalg.norm(target - rebuilt) / torch.linalg.norm(target))
-
-
-def inversion_rows(loaded: LoadedVQModel, repeats: int) -> None:
+def inversion_rows(loaded: LoadedVQModel, repeats: int) -> list[str]:
     spectrogram = loaded.spectrogram
     mels = generate(loaded, GenerationSettings(duration_s=10.0, mode="independent"), seed=0).mels
-    chunk = spectrogram.chunk_samples
-    runs = {
-        "seed-style: random start, 128 via torch.stft/istft": lambda: seed_style_inversion(
-            spectrogram, mels, SEED_STYLE_GRIFFIN_LIM_ITERS, 0),
-        "previous settings: NNLS to its stall, plain GL 16": lambda: plain_inversion(spectrogram, mels, 16),
-        f"ours: phase-gradient start, relaxed, {DEFAULT_ITERS} (default)": lambda: spectrogram.mel_to_waveform(
-            mels, n_iter=DEFAULT_ITERS, length=chunk, nnls_tolerance=_DECODED_NNLS_TOLERANCE,
-            nnls_max_steps=_DECODED_NNLS_STEPS),
+    settings = {
+        "seed-style: random start, 128 via torch.stft/istft": SEED_STYLE_INVERSION,
+        "previous settings: NNLS to its stall, plain GL 16": PREVIOUS_INVERSION,
+        f"ours: phase-gradient start, relaxed, {DEFAULT_ITERS} (default)": DECODED_INVERSION,
+        "ours without the kernels (fast_kernels=False)": dataclasses.replace(DECODED_INVERSION, fast_kernels=False),
     }
+    runs = {name: (lambda s=s: spectrogram.mel_to_waveform(mels, s, length=spectrogram.chunk_samples))
+            for name, s in settings.items()}
     audio = {name: run() for name, run in runs.items()}  # warm-up, and the audio to measure
     times = [{name: seconds(run) for name, run in runs.items()} for _ in range(repeats)]
-    print(f"\n{'mel -> waveform, 11 decoded chunks (GL iterations)':<52} {'median s':>9} {'speed-up':>9} {'mel SC':>7}")
+    n_fft, rate = spectrogram.config.n_fft, spectrogram.config.sample_rate
+    lines = [f"\n{'mel -> waveform, 11 decoded chunks (GL iterations)':<52} {'median s':>9} {'speed-up':>9} "
+             f"{'mel SC':>7} {'clicks':>9}"]
     baseline = None
     for name in runs:
         median = statistics.median(t[name] for t in times)
         baseline = baseline or median
-        print(f"{name:<52} {median:>9.3f} {baseline / median:>8.1f}x {mel_convergence(spectrogram, mels, audio[name]):>7.3f}")
+        at, elsewhere = click_counts(audio[name], n_fft, rate)
+        lines.append(f"{name:<52} {median:>9.3f} {baseline / median:>8.1f}x "
+                     f"{mel_convergence(spectrogram, mels, audio[name]):>7.3f} {f'{at} / {elsewhere}':>9}")
+    return lines
 
 
-def end_to_end_rows(loaded: LoadedVQModel, repeats: int) -> None:
+def end_to_end_rows(loaded: LoadedVQModel, repeats: int) -> list[str]:
     runs = {
         "seed-style: full forward, batch 1, GL 128 per chunk": lambda: seed_style_audio(loaded, 0),
         f"ours: independent, one batch, GL {DEFAULT_ITERS}": lambda: generate(
@@ -140,9 +113,9 @@ def end_to_end_rows(loaded: LoadedVQModel, repeats: int) -> None:
     times = [{name: seconds(run) for name, run in runs.items()} for _ in range(repeats)]
     medians = {name: statistics.median(t[name] for t in times) for name in runs}
     baseline = medians[next(iter(runs))]
-    print(f"\n{'10 s of audio, end to end':<52} {'median s':>9} {'speed-up':>9}")
-    for name, median in medians.items():
-        print(f"{name:<52} {median:>9.3f} {baseline / median:>8.1f}x")
+    lines = [f"\n{'10 s of audio, end to end':<52} {'median s':>9} {'speed-up':>9}"]
+    lines += [f"{name:<52} {median:>9.3f} {baseline / median:>8.1f}x" for name, median in medians.items()]
+    return lines
 
 
 def main() -> None:
@@ -159,8 +132,8 @@ def main() -> None:
     prior, source = load_prior(args.random_init)
     seeds = list(range(NUM_CHUNKS))
     c = prior.config
-    print(f"prior: {source}; codebook {c.codebook_size}, d_model {c.d_model}, {c.n_layers} layers, "
-          f"{c.n_heads} heads, seq_len {c.seq_len}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    lines = [f"prior: {source}; codebook {c.codebook_size}, d_model {c.d_model}, {c.n_layers} layers, "
+             f"{c.n_heads} heads, seq_len {c.seq_len}"]
 
     def seed_style() -> None:
         for seed in seeds:
@@ -175,13 +148,14 @@ def main() -> None:
     times = [(seconds(seed_style), seconds(ours)) for _ in range(args.repeats)]
     seed_s = statistics.median(seed for seed, _ in times)
     ours_s = statistics.median(our for _, our in times)
-    print(f"\n{'sampler (codes of 10 one-second chunks)':<52} {'median s':>9} {'speed-up':>9}")
-    print(f"{'seed-style: full forward each step, batch 1':<52} {seed_s:>9.3f} {1.0:>8.1f}x")
-    print(f"{'ours: KV cache, batch 10':<52} {ours_s:>9.3f} {seed_s / ours_s:>8.1f}x")
+    lines += [f"\n{'sampler (codes of 10 one-second chunks)':<52} {'median s':>9} {'speed-up':>9}",
+              f"{'seed-style: full forward each step, batch 1':<52} {seed_s:>9.3f} {1.0:>8.1f}x",
+              f"{'ours: KV cache, batch 10':<52} {ours_s:>9.3f} {seed_s / ours_s:>8.1f}x"]
     if DEFAULT_MODEL_PATH.exists() and not args.random_init:
         loaded = load_default_model()
-        end_to_end_rows(loaded, args.repeats)
-        inversion_rows(loaded, args.repeats)
+        lines += end_to_end_rows(loaded, args.repeats)
+        lines += inversion_rows(loaded, args.repeats)
+    write_results("sampling_bench", "\n".join(lines))
 
 
 if __name__ == "__main__":

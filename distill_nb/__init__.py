@@ -8,15 +8,17 @@ from importlib.metadata import PackageNotFoundError, version
 
 from distill_nb.analysis import (LevelStats, SeamReport, code_histograms, compare_to_training, js_divergence,
                                  level_statistics, seam_discontinuity)
-from distill_nb.audio import (CHUNK_SECONDS, AudioFileError, Spectrogram, SpectrogramConfig, crossfade_chunks,
-                              load_audio, save_audio)
+from distill_nb.audio import AudioFileError, load_audio, save_audio
 from distill_nb.corpus import Corpus, SkippedFile, build_corpus, demo_corpus, write_demo_folder
 from distill_nb.generation import (MAX_DURATION_S, GenerationResult, GenerationSettings, encode_audio, generate,
                                    generate_audio_from_prior, generate_takes)
+from distill_nb.inversion import InversionSettings
 from distill_nb.model_file import (DEFAULT_MODEL_PATH, LoadedVQModel, ModelFileError, load_default_model, load_model,
                                    save_model)
 from distill_nb.prior import CodePrior, PriorConfig, extract_code_sequences, flatten_codes, unflatten_codes
 from distill_nb.sampling import filter_logits, sample_code_sequence, sample_codes
+from distill_nb.spectrogram import CHUNK_SECONDS, Spectrogram, SpectrogramConfig
+from distill_nb.stitching import crossfade_chunks
 from distill_nb.training import TrainingHistory, train_default_model, train_model, train_prior, train_vqvae
 from distill_nb.vqvae import CodebookHealth, ConvVQVAE, VQVAEConfig
 
@@ -44,7 +46,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "AudioFileError", "CHUNK_SECONDS", "CodePrior", "CodebookHealth", "CompareGrid", "ConvVQVAE", "Corpus",
-    "DEFAULT_MODEL_PATH", "GenerationResult", "GenerationSettings", "GeneratorPanel", "LevelStats",
+    "DEFAULT_MODEL_PATH", "GenerationResult", "GenerationSettings", "GeneratorPanel", "InversionSettings", "LevelStats",
     "LoadedVQModel", "MAX_DURATION_S", "ModelFileError", "PriorConfig", "SeamReport", "SkippedFile",
     "Spectrogram", "SpectrogramConfig", "TrainingHistory", "VQVAEConfig", "build_corpus", "code_histograms",
     "compare_to_training", "crossfade_chunks", "demo_corpus", "encode_audio", "extract_code_sequences",

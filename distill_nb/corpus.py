@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from distill_nb.audio import CHUNK_SECONDS, AudioFileError, load_audio, save_audio
+from distill_nb.audio import AudioFileError, load_audio, save_audio
+from distill_nb.spectrogram import CHUNK_SECONDS
 
 Progress = Callable[[float, str], None]
 

@@ -37,16 +37,17 @@ import math
 import numbers
 import secrets
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
 
-from .audio import crossfade_chunks
+from .inversion import DECODED_INVERSION
 from .prior import flatten_codes, unflatten_codes
 from .sampling import sample_codes
+from .stitching import crossfade_chunks, overlap_add_mels
 
 if TYPE_CHECKING:  # only for annotations: model_file imports the model modules, not this one
     from .model_file import LoadedVQModel
@@ -58,18 +59,6 @@ CROSSFADE_CURVES = ("equal_power", "linear", "hann")
 SEED_LIMIT = 2**63  # seeds are ints in [0, SEED_LIMIT)
 END_FADE_S = 0.01  # fade-out applied where the stitched audio is cut to the requested length
 CODEC_BATCH = 64  # chunks per VQ-VAE encode/decode call, to bound memory on long takes
-# A decoded mel is slightly inconsistent and its NNLS residual rarely gets below ~0.1; the odd chunk that
-# does converges slowly, and rendering gains nothing below 1e-2 (44 decoded chunks: mean spectral
-# convergence 0.1754 at 1e-2 against 0.1749 at the default 1e-4, in 35 ms instead of 50 for 11 chunks).
-_DECODED_NNLS_TOLERANCE = 1e-2
-# Fitting a decoded mel exactly sharpens the spectrum towards its inconsistency: stopping the NNLS after 4
-# FISTA steps (instead of at the stall, ~7) renders closer to the mel overall and takes ~20 ms less for 11
-# chunks. Spectral convergence after Griffin-Lim 12, 4 steps / stall, pooled over all chunks: independent
-# takes, seeds 0-33 (44 chunks) 0.1789 / 0.1833 and 44-77 (44) 0.1709 / 0.1738; continuation (60) 0.1656 /
-# 0.1706; temperature 0.7 (22) 0.1755 / 0.1793. Chunk by chunk it is closer on only 86 of those 170, but
-# gains more than it loses. Overlap-add stitched 10 s pieces (mean of 4): continuation 0.1620 / 0.1665,
-# independent 0.1894 / 0.1866.
-_DECODED_NNLS_STEPS = 4
 
 Progress = Callable[[float, str], None]
 
@@ -467,46 +456,6 @@ def _sample_takes(loaded: LoadedVQModel, settings: GenerationSettings, seeds: Se
 # --------------------------------------------------------------------------- stitching
 
 
-def _fade_in(length: int, curve: str) -> torch.Tensor:
-    """Mel-frame weights [length] rising from ~0 to ~1, as power gains.
-
-    An equal-power crossfade has power gains sin^2, which is also the Hann half-window, so
-    "equal_power" and "hann" give the same mel weights; "linear" rises linearly.
-    """
-    t = (torch.arange(length, dtype=torch.float32) + 0.5) / length
-    return t if curve == "linear" else torch.sin(0.5 * math.pi * t) ** 2
-
-
-def overlap_add_mels(mels: torch.Tensor, step_frames: int, curve: str = "equal_power") -> torch.Tensor:
-    """Blend chunk mels whose starts are ``step_frames`` apart into one mel.
-
-    Args:
-        mels: log-mel [n_chunks, n_mels, frames] (log of power + floor, as ``Spectrogram`` makes).
-        step_frames: frames between chunk starts, in [1, frames].
-        curve: fade shape over the overlapping frames ("equal_power", "linear" or "hann").
-
-    Returns:
-        log-mel [n_mels, (n_chunks - 1) * step_frames + frames]. Frames are mixed in the power domain
-        (like crossfading uncorrelated sounds), weighted by each chunk's fades and normalised so the
-        weights sum to 1 at every frame, also where more than two chunks overlap.
-    """
-    n_chunks, n_mels, frames = mels.shape
-    overlap = frames - step_frames
-    weights = torch.ones(n_chunks, frames, device=mels.device)
-    if overlap > 0 and n_chunks > 1:
-        ramp = _fade_in(overlap, curve).to(mels.device)
-        weights[1:, :overlap] *= ramp
-        weights[:-1, -overlap:] *= ramp.flip(0)
-    total_frames = (n_chunks - 1) * step_frames + frames
-    power = torch.zeros(n_mels, total_frames, device=mels.device)
-    weight_sum = torch.zeros(total_frames, device=mels.device)
-    for i in range(n_chunks):
-        span = slice(i * step_frames, i * step_frames + frames)
-        power[:, span] += weights[i] * mels[i].exp()
-        weight_sum[span] += weights[i]
-    return (power / weight_sum).log()
-
-
 def _fade_out_end(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """Fade the last END_FADE_S seconds of ``audio`` to silence (in place), so a cut does not click."""
     n = min(len(audio), max(1, round(END_FADE_S * sample_rate)))
@@ -518,22 +467,17 @@ def _render_take(loaded: LoadedVQModel, settings: GenerationSettings, mels: torc
                  layout: _Layout, geometry: _Geometry) -> tuple[np.ndarray, float, float]:
     """Turn one take's chunk mels [n, n_mels, frames] into a waveform of ``layout.length`` samples.
 
-    Griffin-Lim starts from the phase-gradient estimate, which depends on the mel alone, so the audio
-    is a function of the codes. Returns (audio, griffin_lim seconds, stitching seconds).
+    Griffin-Lim's random start phases come from mel_to_waveform's default seed, so the audio is a function
+    of the codes. Returns (audio, griffin_lim seconds, stitching seconds).
     """
     start = time.perf_counter()
+    inversion = replace(DECODED_INVERSION, griffin_lim_iters=settings.griffin_lim_iters)
     if settings.stitch == "overlap_add":
         whole = overlap_add_mels(mels, layout.step // geometry.hop, settings.crossfade_curve)
         stitched_at = time.perf_counter()
-        audio = loaded.spectrogram.mel_to_waveform(
-            whole[None], n_iter=settings.griffin_lim_iters, length=layout.length,
-            nnls_tolerance=_DECODED_NNLS_TOLERANCE, nnls_max_steps=_DECODED_NNLS_STEPS,
-        )[0].cpu().numpy()
+        audio = loaded.spectrogram.mel_to_waveform(whole[None], inversion, length=layout.length)[0].cpu().numpy()
         return audio, time.perf_counter() - stitched_at, stitched_at - start
-    waves = loaded.spectrogram.mel_to_waveform(
-        mels, n_iter=settings.griffin_lim_iters, length=geometry.chunk, nnls_tolerance=_DECODED_NNLS_TOLERANCE,
-        nnls_max_steps=_DECODED_NNLS_STEPS,
-    ).cpu()
+    waves = loaded.spectrogram.mel_to_waveform(mels, inversion, length=geometry.chunk).cpu()
     synthesised_at = time.perf_counter()
     audio = crossfade_chunks(list(waves), layout.overlap, curve=settings.crossfade_curve)
     return audio, synthesised_at - start, time.perf_counter() - synthesised_at

@@ -23,8 +23,9 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from distill_nb.audio import Spectrogram, SpectrogramConfig, _write_bytes_atomically
+from distill_nb.atomic import write_bytes_atomically
 from distill_nb.prior import CodePrior, PriorConfig
+from distill_nb.spectrogram import Spectrogram, SpectrogramConfig
 from distill_nb.vqvae import ConvVQVAE, VQVAEConfig
 
 FORMAT_NAME = "distill_nb.model"
@@ -148,7 +149,7 @@ def save_model(loaded: LoadedVQModel, path: str | os.PathLike) -> Path:
     if loaded.train_code_counts is not None:
         tensors[_COUNTS_KEY] = loaded.train_code_counts.detach().to("cpu", copy=True).contiguous()
     data = safetensors.torch.save(tensors, metadata=header)
-    _write_bytes_atomically(path, data)
+    write_bytes_atomically(path, data)
     return path
 
 

@@ -45,10 +45,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from distill_nb.audio import Spectrogram, SpectrogramConfig, _write_bytes_atomically
+from distill_nb.atomic import write_bytes_atomically
 from distill_nb.corpus import Corpus, demo_corpus
 from distill_nb.model_file import LoadedVQModel, ModelFileError, read_safetensors, save_model
 from distill_nb.prior import CodePrior, PriorConfig, extract_code_sequences, flatten_codes
+from distill_nb.spectrogram import Spectrogram, SpectrogramConfig
 from distill_nb.vqvae import CodebookHealth, ConvVQVAE, VQVAEConfig
 
 Progress = Callable[[float, str], None]
@@ -548,7 +549,7 @@ def _checkpoint_payload(
 
 
 def _write_checkpoint(path: pathlib.Path, payload: tuple[dict[str, torch.Tensor], dict[str, str]]) -> None:
-    _write_bytes_atomically(path, safetensors.torch.save(*payload))
+    write_bytes_atomically(path, safetensors.torch.save(*payload))
 
 
 def _restore(checkpoint: Checkpoint, run: dict[str, Any], model: nn.Module,

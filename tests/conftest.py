@@ -1,11 +1,14 @@
-"""Shared test set-up: one intra-op thread, and a tiny random-init model with the real geometry rules."""
+"""Shared test set-up: one intra-op thread, a tiny random-init model with the real geometry rules, and the
+audio test signals and librosa settings of the spectrogram and inversion tests."""
 
+import librosa
+import numpy as np
 import pytest
 import torch
 
-from distill_nb.audio import Spectrogram, SpectrogramConfig
 from distill_nb.model_file import LoadedVQModel
 from distill_nb.prior import CodePrior, PriorConfig
+from distill_nb.spectrogram import Spectrogram, SpectrogramConfig
 from distill_nb.vqvae import ConvVQVAE, VQVAEConfig
 
 # The tiny model: 8 kHz chunks of 8000 samples, hop 64 -> 126 frames, 32 mels -> a 2 x 8 grid (H x W),
@@ -36,3 +39,34 @@ def tiny_model(with_counts: bool = False) -> LoadedVQModel:
     counts = torch.arange(1, TINY_Q * TINY_K + 1, dtype=torch.long).view(TINY_Q, TINY_K) if with_counts else None
     return LoadedVQModel(model=model.eval(), prior=prior.eval(), spectrogram=spectrogram,
                          device=torch.device("cpu"), metadata={"name": "tiny"}, train_code_counts=counts)
+
+
+# A tiny spectrogram for comparisons with librosa: librosa's NNLS (L-BFGS-B with as many corrections as FFT
+# bins) takes minutes per call at n_fft = 2048, and seconds here.
+TINY_MEL = SpectrogramConfig(sample_rate=8000, n_fft=128, hop_length=32, n_mels=32)
+
+
+def audio_signals(sample_rate: int, seconds: float) -> dict[str, np.ndarray]:
+    """Test signals that nothing in the package was tuned on: float32 (n,)."""
+    t = np.arange(round(sample_rate * seconds)) / sample_rate
+    rng = np.random.default_rng(1)
+    vibrato = sum(0.3 / k * np.sin(2 * np.pi * k * 220 * t + 3 * k * np.sin(2 * np.pi * 5 * t)) for k in range(1, 6))
+    noise_burst = 0.3 * rng.standard_normal(t.size) * np.exp(-(((t - seconds / 2) / (seconds / 10)) ** 2))
+    f_end = 0.44 * sample_rate
+    chirp = 0.5 * np.sin(2 * np.pi * (100 * t + (f_end - 100) / (2 * t[-1]) * t**2))
+    return {name: x.astype(np.float32) for name, x in
+            {"vibrato": vibrato, "noise_burst": noise_burst, "chirp": chirp}.items()}
+
+
+def librosa_mel_kwargs(config: SpectrogramConfig) -> dict:
+    """The librosa mel settings equal to ``config`` (n_mels apart: mel_to_stft reads it from the mel)."""
+    return dict(sr=config.sample_rate, n_fft=config.n_fft, fmin=config.f_min, fmax=config.f_max,
+                htk=config.mel_scale == "htk", norm=config.mel_norm)
+
+
+def spectral_convergence(reference: np.ndarray, estimate: np.ndarray, config: SpectrogramConfig) -> float:
+    """||S_ref| - |S_est||_F / ||S_ref||_F on the linear STFT magnitude (librosa's STFT)."""
+    def magnitude(x):
+        return np.abs(librosa.stft(x, n_fft=config.n_fft, hop_length=config.hop_length, pad_mode="reflect"))
+    ref, est = magnitude(reference), magnitude(estimate)
+    return float(np.linalg.norm(ref - est) / np.linalg.norm(ref))

@@ -16,7 +16,6 @@ from distill_nb.generation import (
     generate,
     generate_audio_from_prior,
     generate_takes,
-    overlap_add_mels,
 )
 from distill_nb.prior import flatten_codes, unflatten_codes
 from distill_nb.sampling import sample_codes
@@ -273,25 +272,6 @@ def test_metadata_is_json_safe_and_complete(loaded):
     assert metadata["seed"] == 3 and metadata["model_name"] == "tiny" and metadata["sample_rate"] == SR
     assert metadata["duration_s"] == 1.5 and metadata["distill_nb_version"]
     assert {"sampling_s", "decoding_s", "griffin_lim_s", "stitching_s", "total_s"} <= set(metadata["timings"])
-
-
-# --- mel overlap-add --------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("curve", ["equal_power", "linear", "hann"])
-@pytest.mark.parametrize("step", [1, 5, 8, 10])
-def test_overlap_add_keeps_a_constant_mel_constant(curve, step):
-    mels = torch.full((4, 3, 10), -2.0)
-    out = overlap_add_mels(mels, step, curve)
-    assert out.shape == (3, 3 * step + 10)
-    torch.testing.assert_close(out, torch.full_like(out, -2.0))
-
-
-def test_overlap_add_fades_from_one_chunk_to_the_next():
-    mels = torch.stack([torch.full((1, 10), 0.0), torch.full((1, 10), math.log(3.0))])
-    out = overlap_add_mels(mels, 6, "linear").exp()[0]  # power 1 fading to power 3 over 4 frames
-    torch.testing.assert_close(out[:6], torch.ones(6))
-    torch.testing.assert_close(out[6:10], 1 + 2 * (torch.arange(4) + 0.5) / 4)
-    torch.testing.assert_close(out[10:], torch.full((6,), 3.0))
 
 
 # --- bad input --------------------------------------------------------------------------------------

@@ -15,11 +15,11 @@ import safetensors.torch
 import torch
 
 from distill_nb import model_file
-from distill_nb.audio import Spectrogram, SpectrogramConfig
 from distill_nb.model_file import (
     DEFAULT_MODEL_PATH, LoadedVQModel, ModelFileError, load_default_model, load_model, save_model,
 )
 from distill_nb.prior import CodePrior, PriorConfig
+from distill_nb.spectrogram import Spectrogram, SpectrogramConfig
 from distill_nb.vqvae import ConvVQVAE, VQVAEConfig
 
 TINY_VQ = VQVAEConfig(n_mels=32, channels=(8, 8, 16, 16), code_dim=8, codebook_size=16,

@@ -17,10 +17,10 @@ import soundfile
 import torch
 
 from distill_nb import cli
-from distill_nb.audio import Spectrogram, SpectrogramConfig
 from distill_nb.corpus import build_corpus, demo_corpus, write_demo_folder
 from distill_nb.model_file import load_model, save_model
 from distill_nb.prior import PriorConfig
+from distill_nb.spectrogram import Spectrogram, SpectrogramConfig
 from distill_nb.training import (
     CheckpointError,
     EpochRecord,
@@ -217,7 +217,7 @@ def _free_port() -> int:
 DDP_SCRIPT = """
     import hashlib, sys
     import torch
-    from distill_nb.audio import Spectrogram, SpectrogramConfig
+    from distill_nb.spectrogram import Spectrogram, SpectrogramConfig
     from distill_nb.corpus import demo_corpus
     from distill_nb.model_file import save_model
     from distill_nb.prior import PriorConfig
