@@ -14,7 +14,7 @@ import soxr
 import torch
 
 from distill_nb.atomic import write_atomically
-from distill_nb.checks import integer_at_least
+from distill_nb.checks import check_int
 
 __all__ = ["AudioFileError", "load_audio", "save_audio"]
 
@@ -39,7 +39,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 48000) -> np.ndarray:
         AudioFileError: the file is missing, unreadable, corrupt, empty or holds non-finite samples.
         ValueError: ``sample_rate`` is not a positive integer.
     """
-    sample_rate = integer_at_least(sample_rate, "sample_rate", 1)
+    sample_rate = check_int("sample_rate", sample_rate, 1)
     path = Path(path)
     if not path.is_file():
         raise AudioFileError(f"cannot read audio file '{path}': no such file")
@@ -85,7 +85,7 @@ def save_audio(
         raise ValueError(f"path must end in .wav or .flac, got '{path.name}'")
     if subtype not in _SUBTYPES[extension]:
         raise ValueError(f"subtype for {extension} must be one of {_SUBTYPES[extension]}, got {subtype!r}")
-    sample_rate = integer_at_least(sample_rate, "sample_rate", 1)
+    sample_rate = check_int("sample_rate", sample_rate, 1)
     if isinstance(audio, torch.Tensor):
         audio = audio.detach().cpu().numpy()
     samples = np.asarray(audio, dtype=np.float32)

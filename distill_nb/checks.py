@@ -1,33 +1,49 @@
-"""Argument checks shared by the audio modules; each error names the argument and what was expected."""
-
+"""Argument checks shared by the configs and public functions; each error names the argument and what was expected."""
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
-from numbers import Integral, Real
-from typing import TypeVar
+import numbers
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 Config = TypeVar("Config")
 
 
-def integer_at_least(value: object, name: str, minimum: int) -> int:
-    """``value`` as an int >= ``minimum`` (bools rejected); TypeError or ValueError naming ``name``."""
-    expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-    if isinstance(value, bool) or not isinstance(value, Integral):
+def check_int(name: str, value: Any, minimum: int | None = None, maximum: int | None = None) -> int:
+    """``value`` as an int in [minimum, maximum] (either bound optional); bools are rejected.
+
+    TypeError for a non-integer, ValueError for one out of range; both name ``name``.
+    """
+    expected = "an int" + (f" >= {minimum}" if minimum is not None and maximum is None else "") + (
+        f" in [{minimum}, {maximum}]" if minimum is not None and maximum is not None else "") + (
+        f" <= {maximum}" if minimum is None and maximum is not None else "")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be {expected}, got {value!r}")
-    if value < minimum:
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise ValueError(f"{name} must be {expected}, got {value}")
     return int(value)
 
 
-def finite_float(value: object, name: str) -> float:
-    """``value`` as a finite float (bools rejected); TypeError or ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{name} must be a finite number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value}")
-    return float(value)
+def check_real(name: str, value: Any, expected: str = "", ok: Callable[[float], bool] = lambda v: True) -> float:
+    """``value`` as a finite float for which ``ok`` holds; ``expected`` says the range in the message.
+
+    TypeError for a non-number (bools included), ValueError for NaN, an infinity or a value ``ok`` rejects.
+    """
+    description = f"a finite number {expected}".rstrip()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {description}, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or not ok(value):
+        raise ValueError(f"{name} must be {description}, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``allowed``; ValueError listing them otherwise."""
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+    return value
 
 
 def config_from_dict(cls: type[Config], data: object) -> Config:

@@ -4,7 +4,7 @@ Commands (one small function each, ``cmd_<name>``):
 
     train FOLDER -o OUT.distill   train a model on a folder of sounds (checkpoints to OUT.ckpt)
     generate -o OUT.wav           generate takes with a model (the bundled default unless --model)
-    info MODEL.distill            configs, sizes, training summary and codebook health of a model file
+    info MODEL.distill            configs, sizes, training summary, sound quality and codebook health
     train-default [-o PATH]       retrain the bundled default model on the procedural demo corpus
 
 ``train`` also runs data-parallel under ``torchrun --nproc_per_node N -m distill_nb train ...``.
@@ -24,18 +24,13 @@ from tqdm.auto import tqdm
 
 from distill_nb.audio import AudioFileError, load_audio, save_audio
 from distill_nb.corpus import build_corpus
-from distill_nb.generation import CROSSFADE_CURVES, MODES, STITCHES, GenerationSettings, generate_takes
+from distill_nb.generation import MODES, STITCHES, GenerationSettings, generate_takes
+from distill_nb.loudness import NORMALISATIONS
 from distill_nb.model_file import DEFAULT_MODEL_PATH, ModelFileError, load_default_model, load_model, save_model
-from distill_nb.training import (
-    DEFAULT_EPOCHS,
-    CheckpointError,
-    TrainingHistory,
-    default_prior_config,
-    default_vqvae_config,
-    is_main_process,
-    train_default_model,
-    train_model,
-)
+from distill_nb.quality import QualityReport
+from distill_nb.stages import DEFAULT_PRESET, PRESETS, estimate_training_seconds, train_default_model, train_model
+from distill_nb.stitching import CURVES
+from distill_nb.training import CheckpointError, TrainingHistory, is_main_process
 
 
 THREADS_HELP = ("CPU threads for torch (default: torch's choice, one per core); 1 is often fastest when "
@@ -76,17 +71,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     _print(corpus.report())
-    vqvae_config = prior_config = None
-    if args.config == "small":
-        vqvae_config = default_vqvae_config(corpus, size="small")
-        prior_config = default_prior_config(vqvae_config, corpus, size="small")
+    schedule = dict(vqvae_epochs=args.epochs, prior_epochs=args.prior_epochs, steps_per_epoch=args.steps_per_epoch,
+                    batch_size=args.batch_size)
+    if args.resume is None:
+        estimate = estimate_training_seconds(corpus, args.preset, device=args.device, **schedule)
+        _print(f"preset {args.preset!r} on {torch.get_num_threads()} threads: training takes about "
+               f"{estimate / 60:.0f} min (measured from a few steps), then a few minutes of quality checks")
     try:
         with _ProgressBar("training") as bar:
             loaded, histories = train_model(
-                corpus, vqvae_config, prior_config, vqvae_epochs=args.epochs, prior_epochs=args.prior_epochs,
-                seed=args.seed, device=args.device, progress=bar, name=args.name or output.stem,
-                steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
-                checkpoint_path=checkpoint, resume=args.resume)
+                corpus, seed=args.seed, device=args.device, progress=bar, name=args.name or output.stem,
+                checkpoint_path=checkpoint, resume=args.resume, preset_name=args.preset, **schedule)
     except KeyboardInterrupt:
         _print(f"interrupted; continue with: --resume {checkpoint}")
         return 130
@@ -97,9 +92,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     save_model(loaded, output)
     _print(f"saved {output} ({output.stat().st_size / 1e6:.1f} MB); checkpoint {checkpoint}")
-    _print(f"VQ-VAE {_parameters(loaded.model):,} parameters, prior {_parameters(loaded.prior):,} parameters")
+    _print(f"VQ-VAE {_parameters(loaded.vqvae):,} parameters, prior {_parameters(loaded.prior):,} parameters")
     for history in histories.values():
         _print(history.summary())
+    if "quality" in loaded.metadata:
+        _print(QualityReport.from_dict(loaded.metadata["quality"]).summary())
     _print(f"total time {time.perf_counter() - started:.0f} s")
     return 0
 
@@ -116,7 +113,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"{path}: {path.stat().st_size / 1e6:.2f} MB, name {metadata.get('name', '?')!r}, "
           f"created {metadata.get('created', '?')}")
     print(f"spectrogram: {_fields(loaded.spectrogram_config.to_dict())}")
-    print(f"VQ-VAE ({_parameters(loaded.model):,} parameters): {_fields(loaded.vqvae_config.to_dict())}")
+    print(f"VQ-VAE ({_parameters(loaded.vqvae):,} parameters): {_fields(loaded.vqvae_config.to_dict())}")
     if loaded.prior is None:
         print("prior: none")
     else:
@@ -133,8 +130,16 @@ def cmd_info(args: argparse.Namespace) -> int:
                 print(TrainingHistory.from_dict(training[stage]).summary())
             except (KeyError, TypeError, ValueError):
                 print(f"{stage}: training summary in an unknown format")
+    quality = metadata.get("quality")
+    if isinstance(quality, dict):
+        try:
+            print(QualityReport.from_dict(quality).summary())
+        except (KeyError, TypeError, ValueError):
+            print("quality: a report in an unknown format")
+    else:
+        print("quality: not measured (trained before distill_nb measured it)")
     print("codebook health (from the EMA usage of training):")
-    for health in loaded.model.codebook_health():
+    for health in loaded.vqvae.codebook_health():
         print(f"  level {health.level}: {health.utilisation:.0%} of {health.codebook_size} codes used, "
               f"perplexity {health.perplexity:.1f}, {health.dead_codes} dead")
     return 0
@@ -144,7 +149,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 _SETTING_OPTIONS = {"temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "min_p": "min_p",
                     "duration": "duration_s", "overlap": "overlap_samples", "mode": "mode", "stitch": "stitch",
                     "curve": "crossfade_curve", "context_columns": "context_columns",
-                    "griffin_lim_iters": "griffin_lim_iters"}
+                    "griffin_lim_iters": "griffin_lim_iters", "normalise": "normalise", "target_dbfs": "target_dbfs"}
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -213,13 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Train a VQ-VAE and its prior on every audio file under FOLDER.")
     train.add_argument("folder", help="folder of sounds (searched recursively)")
     train.add_argument("-o", "--output", required=True, help="model file to write (.distill)")
-    train.add_argument("--epochs", type=_positive_int, help=f"VQ-VAE epochs (default {DEFAULT_EPOCHS})")
-    train.add_argument("--prior-epochs", type=_positive_int, help=f"prior epochs (default {DEFAULT_EPOCHS})")
-    train.add_argument("--steps-per-epoch", type=_positive_int,
-                       help="batches per epoch (default: about the training seconds / batch size, 50..400)")
-    train.add_argument("--batch-size", type=_positive_int, default=16, help="VQ-VAE chunks per step (the prior uses twice as many)")
-    train.add_argument("--config", choices=("auto", "small"), default="auto",
-                       help="model size: 'auto' by corpus size (default), 'small' a toy that trains in seconds")
+    train.add_argument("--preset", choices=tuple(PRESETS), default=DEFAULT_PRESET,
+                       help="sizes and schedule: 'standard' (default, ~20 min on 2 CPU cores), 'quick' (about half), "
+                            "'small' (a toy that trains in seconds)")
+    train.add_argument("--epochs", type=_positive_int, help="VQ-VAE epochs (default: the preset's)")
+    train.add_argument("--prior-epochs", type=_positive_int, help="prior epochs (default: the preset's)")
+    train.add_argument("--steps-per-epoch", type=_positive_int, help="steps per epoch of both stages "
+                       "(default: the preset's)")
+    train.add_argument("--batch-size", type=_positive_int, help="windows per step of both stages (default: the preset's)")
     train.add_argument("--seed", type=int, default=0, help="seed of the split and of training (default 0)")
     train.add_argument("--checkpoint", help="checkpoint file (default: OUTPUT with the suffix .ckpt)")
     train.add_argument("--resume", metavar="CKPT", help="continue the run saved in this checkpoint")
@@ -243,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     takes = generate.add_mutually_exclusive_group()
     takes.add_argument("--seed", type=int, nargs="+", metavar="N",
                        help="one take per seed, ints in [0, 2**63); pick seeds far apart, since seed s and "
-                            "s + 1 share chunks (chunk i uses seed + i)")
+                            "s + 1 share windows (window or chunk i uses seed + i)")
     takes.add_argument("--takes", type=int, default=1, help="number of takes with random seeds (default 1)")
     generate.add_argument("--duration", type=float, help=f"seconds per take (default {defaults.duration_s:g})")
     generate.add_argument("--temperature", type=_temperature,
@@ -256,18 +262,22 @@ def build_parser() -> argparse.ArgumentParser:
                                f"(default {defaults.overlap_samples})")
     generate.add_argument("--mode", choices=MODES, help=f"default {defaults.mode}")
     generate.add_argument("--stitch", choices=STITCHES, help=f"default {defaults.stitch}")
-    generate.add_argument("--curve", choices=CROSSFADE_CURVES, help=f"fade shape (default {defaults.crossfade_curve})")
+    generate.add_argument("--curve", choices=CURVES, help=f"fade shape (default {defaults.crossfade_curve})")
     generate.add_argument("--context-columns", type=int,
-                          help=f"time columns that prime a chunk in continuation mode or from --prompt "
-                               f"(default {defaults.context_columns})")
+                          help="grid columns that prime each window in continuation mode, or the first from "
+                               "--prompt (default: all but one chunk of the prior's window)")
+    generate.add_argument("--normalise", choices=NORMALISATIONS,
+                          help=f"level normalisation of each take (default {defaults.normalise})")
+    generate.add_argument("--target-dbfs", type=float,
+                          help="the level --normalise reaches, <= 0 (default -1 dBFS peak, -20 dBFS rms)")
     generate.add_argument("--griffin-lim-iters", type=int, help=f"default {defaults.griffin_lim_iters}")
-    generate.add_argument("--prompt", help="an audio file the first chunk continues from")
+    generate.add_argument("--prompt", help="an audio file the take continues from")
     generate.add_argument("--include-prompt", action="store_true",
                           help="start the output with the prompt (default: generated audio only)")
     generate.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     generate.set_defaults(handler=cmd_generate)
 
-    default = commands.add_parser("train-default", help="retrain the bundled default model (a few minutes)")
+    default = commands.add_parser("train-default", help="retrain the bundled default model (~20 min on 2 CPU cores)")
     default.add_argument("-o", "--output", default=str(DEFAULT_MODEL_PATH), help=f"default {DEFAULT_MODEL_PATH}")
     default.add_argument("--seed", type=int, default=0)
     default.add_argument("--threads", type=_positive_int, help=THREADS_HELP)

@@ -1,8 +1,8 @@
 """Training corpora: a folder of sounds, or the procedural demo corpus.
 
 A :class:`Corpus` holds mono float32 audio at the model sample rate, already split into training and
-validation audio, and hands out 1 s chunks: random-offset chunks for training (so the models also see
-contexts that start in the middle of a sound) and a deterministic tiling for validation.
+validation audio (training plays it as a stream of files in random orders, see ``stages.py``), and
+hands out a deterministic tiling into 1 s chunks for measurements.
 
 Files that cannot be used never stop a run: they are listed in ``Corpus.skipped`` with the reason.
 
@@ -74,32 +74,7 @@ class Corpus:
 
     def split_seconds(self, split: str) -> float:
         """Duration of the ``"train"`` or ``"val"`` audio, in seconds."""
-        return _samples(self._audio(split)) / self.sample_rate
-
-    def random_chunks(self, n: int, generator: torch.Generator, split: str = "train") -> torch.Tensor:
-        """``n`` chunks at random offsets -> float32 [n, chunk_samples].
-
-        Files are drawn with probability proportional to their length and the offset is uniform over
-        the file, so every sample is about equally likely to be seen and chunks often start mid-sound.
-        Files shorter than a chunk are zero-padded at the end. All randomness comes from ``generator``.
-        """
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive int, got {n!r}")
-        audio = self._audio(split)
-        if not audio:
-            raise ValueError(f"the {split!r} split of this corpus holds no audio")
-        lengths = torch.tensor([len(a) for a in audio], dtype=torch.float64)
-        files = torch.multinomial(lengths, n, replacement=True, generator=generator)
-        positions = torch.rand(n, generator=generator, dtype=torch.float64)
-        chunk = self.chunk_samples
-        out = np.zeros((n, chunk), dtype=np.float32)
-        for row, (index, position) in enumerate(zip(files.tolist(), positions.tolist())):
-            source = audio[index]
-            max_offset = max(len(source) - chunk, 0)
-            offset = min(int(position * (max_offset + 1)), max_offset)
-            piece = source[offset:offset + chunk]
-            out[row, :len(piece)] = piece
-        return torch.from_numpy(out)
+        return _samples(self.split_audio(split)) / self.sample_rate
 
     def fixed_chunks(self, split: str = "val") -> torch.Tensor:
         """Deterministic tiling of a split -> float32 [N, chunk_samples].
@@ -109,7 +84,7 @@ class Corpus:
         """
         chunk = self.chunk_samples
         pieces = []
-        for source in self._audio(split):
+        for source in self.split_audio(split):
             for start in range(0, len(source), chunk):
                 piece = source[start:start + chunk]
                 if len(piece) < chunk // 4 and start > 0:
@@ -141,7 +116,8 @@ class Corpus:
                          f"({', '.join(AUDIO_EXTENSIONS)})")
         return "\n".join(lines)
 
-    def _audio(self, split: str) -> list[np.ndarray]:
+    def split_audio(self, split: str) -> list[np.ndarray]:
+        """The files of the ``"train"`` or ``"val"`` split, float32 (n,) each."""
         if split == "train":
             return self.train_audio
         if split == "val":

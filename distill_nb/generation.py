@@ -1,109 +1,59 @@
-"""Generating audio from a trained model: sample codes, decode them, stitch the chunks.
+"""Generating audio from a trained model: sample codes, decode them to mel, invert, normalise.
 
-One take of ``duration_s`` seconds is made of 1 s chunks:
+Modes decide how the seconds of a take relate to each other:
 
-    sample codes (CodePrior, KV cache)  ->  VQ-VAE decode -> mel  ->  Griffin-Lim  ->  stitch  ->  trim
+- ``"continuation"`` (default): a take is one stream of grid columns. The prior samples a first window
+  (``seq_len`` tokens), then window after window, each primed by the last ``context_columns`` columns of
+  the stream and adding the rest; window ``i`` of a take with seed ``s`` draws from seed ``s + i``. The
+  prior was trained on windows cut anywhere from the corpus played as a stream, so this is what it
+  learned. The whole stream decodes as one mel (the VQ-VAE is convolutional in time) and is inverted in
+  one pass: the audio has no seams. ``seam_samples`` marks where each window's new columns begin, the
+  only places where the prior's context was cut.
+- ``"independent"``: every 1 s chunk is sampled on its own (chunk ``i`` from seed ``s + i``), all chunks
+  of all takes in one batch. Neighbouring chunks share ``overlap_samples``, blended by the stitching:
+  ``"crossfade"`` (Griffin-Lim per chunk, then a waveform crossfade) or ``"overlap_add"`` (the chunk mels
+  are overlap-added and the piece goes through one Griffin-Lim pass; chunk starts rounded to frames).
 
-All chunks of all takes are sampled together in one batch. Chunk ``i`` of a take with seed ``s``
-draws from its own generator seeded ``s + i`` (see ``sampling.sample_codes``), so its codes do not
-depend on how many chunks or takes share the batch, and one seed always gives the same audio.
-
-Modes decide how chunks relate to each other:
-
-- ``"independent"``: every chunk is sampled on its own; neighbouring chunks share
-  ``overlap_samples`` samples, which the stitching blends.
-- ``"continuation"``: every chunk after the first starts with the last ``context_columns`` time
-  columns of the previous chunk's codes (a contiguous suffix of its time-major tokens) and only the
-  rest is sampled, so long audio flows on instead of changing every second. The shared columns are
-  where neighbouring chunks overlap in time, so chunk starts are ``(W - context_columns)`` columns
-  apart and ``overlap_samples`` is not used: the overlap is ``chunk - (W - c) * 16 * hop`` samples
-  (48000 - 4 * 16 * 512 = 15232, 0.32 s, for the defaults), a little less than ``c * 16 * hop``
-  because the last column also covers the padding after the chunk's last mel frame.
-
-Stitchings decide how overlapping chunks become one waveform:
-
-- ``"crossfade"``: Griffin-Lim per chunk, then a waveform crossfade (``audio.crossfade_chunks``).
-- ``"overlap_add"``: the decoded chunk mels are overlap-added (power domain, weighted by the fade
-  curve) and the whole piece goes through one Griffin-Lim pass, so there are no phase jumps at the
-  seams. Chunk starts are rounded to whole mel frames.
-
-The stitched audio is trimmed to exactly ``round(duration_s * sample_rate)`` samples; when audio is
-cut off, the last ``END_FADE_S`` seconds fade out so the take does not end with a click.
+A prompt primes the first window (or the first chunk) with its last ``context_columns`` columns; the take
+then continues the prompt. The audio is trimmed to exactly ``round(duration_s * sample_rate)`` samples
+(the last ``END_FADE_S`` fade out where it is cut) and normalised (``GenerationSettings.normalise``).
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 import secrets
 import time
 from dataclasses import asdict, dataclass, replace
 from importlib.metadata import version
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 
-from .inversion import DECODED_INVERSION
-from .prior import flatten_codes, unflatten_codes
-from .sampling import sample_codes
-from .stitching import crossfade_chunks, overlap_add_mels
+from distill_nb.checks import check_choice, check_int, check_real
+from distill_nb.geometry import ChunkGeometry
+from distill_nb.inversion import DECODED_INVERSION
+from distill_nb.loudness import NORMALISATIONS, normalise_level
+from distill_nb.prior import unflatten_codes
+from distill_nb.progress import Progress, silent
+from distill_nb.sampling import sample_codes
+from distill_nb.stitching import CURVES, crossfade_chunks, overlap_add_mels
 
 if TYPE_CHECKING:  # only for annotations: model_file imports the model modules, not this one
-    from .model_file import LoadedVQModel
+    from distill_nb.model_file import LoadedVQModel
 
 MAX_DURATION_S = 120.0
-MODES = ("independent", "continuation")
+MODES = ("continuation", "independent")
 STITCHES = ("crossfade", "overlap_add")
-CROSSFADE_CURVES = ("equal_power", "linear", "hann")
 SEED_LIMIT = 2**63  # seeds are ints in [0, SEED_LIMIT)
-END_FADE_S = 0.01  # fade-out applied where the stitched audio is cut to the requested length
-CODEC_BATCH = 64  # chunks per VQ-VAE encode/decode call, to bound memory on long takes
-
-Progress = Callable[[float, str], None]
-
-
-# --------------------------------------------------------------------------- validation helpers
-
-
-def _real(name: str, value: object, expected: str) -> float:
-    """``value`` as a finite float; TypeError/ValueError naming ``name`` and ``expected``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be {expected}, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
-    return value
-
-
-def _integer(name: str, value: object, expected: str) -> int:
-    """``value`` as an int (bools rejected); TypeError naming ``name`` and ``expected``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be {expected}, got {value!r}")
-    return int(value)
-
-
-def _choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
-    return value
-
-
-def _temperature(name: str, value: object) -> float:
-    expected = "a finite number > 0"
-    value = _real(name, value, expected)
-    if value <= 0:
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
-    return value
+END_FADE_S = 0.01  # fade-out applied where the audio is cut to the requested length
+CODEC_BATCH = 64  # chunks per VQ-VAE decode call, to bound memory
 
 
 def check_seed(seed: object, name: str = "seed") -> int:
     """Return ``seed`` as an int in [0, 2**63); TypeError/ValueError otherwise (bools rejected)."""
-    expected = "an int in [0, 2**63)"
-    seed = _integer(name, seed, expected)
-    if not 0 <= seed < SEED_LIMIT:
-        raise ValueError(f"{name} must be {expected}, got {seed}")
-    return seed
+    return check_int(name, seed, 0, SEED_LIMIT - 1)
 
 
 def _audio_array(name: str, audio: object) -> np.ndarray:
@@ -122,28 +72,32 @@ def _audio_array(name: str, audio: object) -> np.ndarray:
 # --------------------------------------------------------------------------- settings and result
 
 
+def _positive(name: str, value: object) -> float:
+    return check_real(name, value, "> 0", lambda v: v > 0)
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     """How to generate one take. Every field is validated on construction.
 
     Args:
-        temperature: softmax temperature > 0; one number, or one per residual level (a tuple of
-            Q numbers, level 0 coarsest) to e.g. keep the coarse structure tight and the detail loose.
+        temperature: softmax temperature > 0; one number, or one per residual level (a tuple, level 0
+            coarsest) to e.g. keep the coarse structure tight and the detail loose.
         top_k: keep the k most likely codes, an int >= 0 (0 = off).
         top_p: nucleus sampling mass in [0, 1] (0 or 1 = off).
         min_p: drop codes with probability < min_p * the top probability, in [0, 1] (0 = off).
         duration_s: length of the take in seconds, in (0, MAX_DURATION_S].
-        overlap_samples: samples neighbouring chunks share in "independent" mode, an int in
-            [0, chunk length); ignored in "continuation" mode, where the shared columns overlap.
-        mode: "independent" or "continuation" (see the module docstring).
-        stitch: "crossfade" or "overlap_add" (see the module docstring).
+        mode: "continuation" or "independent" (see the module docstring).
+        context_columns: grid columns of the stream (or of the prompt) that prime each window, an int in
+            [1, window columns); None = all but one chunk of the prior's window, so each window adds one
+            chunk of columns.
+        stitch: "crossfade" or "overlap_add", how "independent" chunks are joined.
+        overlap_samples: samples neighbouring "independent" chunks share, an int in [0, chunk length).
         crossfade_curve: "equal_power", "linear" or "hann"; the fade shape of either stitching.
-        context_columns: time columns (of W per chunk) that prime a chunk from the previous chunk
-            in "continuation" mode, or from the prompt; an int in [1, W). One column is 16 mel
-            frames (~0.17 s with the default 512-sample hop).
-        griffin_lim_iters: Griffin-Lim iterations, an int >= 1. From the phase-gradient start, 12
-            relaxed iterations match the spectral convergence of 16 plain fast Griffin-Lim ones, which
-            match 32 from a random start (bench/sampling_bench.py).
+        griffin_lim_iters: Griffin-Lim iterations, an int in [1, 512] (see inversion.DECODED_INVERSION).
+        normalise: "peak" (the loudest sample at ``target_dbfs``), "rms" (the non-silent frames' RMS at
+            ``target_dbfs``, the peak kept at or below -1 dBFS) or "off".
+        target_dbfs: the level ``normalise`` reaches, <= 0; None = -1 dBFS peak or -20 dBFS RMS.
     """
 
     temperature: float | tuple[float, ...] = 1.0
@@ -151,59 +105,42 @@ class GenerationSettings:
     top_p: float = 0.9
     min_p: float = 0.0
     duration_s: float = 10.0
-    overlap_samples: int = 2400
-    # Defaults measured with bench/seam_bench.py --seeds 16 on the default model (10 s takes; flux / jump /
-    # texture ratio at seams, 1.0 = seamless): continuation + crossfade 1.00 / 1.07 / 1.06, continuation +
-    # overlap-add 1.00 / 1.08 / 1.03, independent + crossfade 2.54 / 5.02 / 1.88, independent + overlap-add
-    # 2.03 / 4.27 / 1.86. The two continuation stitchings are both close to seamless and within the noise of
-    # each other (an earlier Griffin-Lim gave 1.00 / 1.06 / 1.03 against 1.04 / 0.92 / 1.02); the jump, one
-    # sample per seam, is the noisiest of the three. Crossfade stays the default stitching.
     mode: str = "continuation"
+    context_columns: int | None = None
     stitch: str = "crossfade"
+    overlap_samples: int = 2400
     crossfade_curve: str = "equal_power"
-    context_columns: int = 2
     griffin_lim_iters: int = 12
+    normalise: str = "peak"
+    target_dbfs: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.temperature, (tuple, list)):
             if not self.temperature:
                 raise ValueError("temperature must be a finite number > 0 or one per level, got ()")
-            temperature = tuple(
-                _temperature(f"temperature[{level}]", value) for level, value in enumerate(self.temperature)
-            )
+            temperature = tuple(_positive(f"temperature[{level}]", v) for level, v in enumerate(self.temperature))
         else:
-            temperature = _temperature("temperature", self.temperature)
-        top_k = _integer("top_k", self.top_k, "an int >= 0")
-        if top_k < 0:
-            raise ValueError(f"top_k must be an int >= 0, got {top_k}")
-        probabilities = {}
-        for name in ("top_p", "min_p"):
-            value = _real(name, getattr(self, name), "a number in [0, 1]")
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be a number in [0, 1], got {value}")
-            probabilities[name] = value
-        duration_range = f"a number in (0, {MAX_DURATION_S}] seconds"
-        duration_s = _real("duration_s", self.duration_s, duration_range)
-        if not 0.0 < duration_s <= MAX_DURATION_S:
-            raise ValueError(f"duration_s must be {duration_range}, got {duration_s}")
-        overlap = _integer("overlap_samples", self.overlap_samples, "an int in [0, chunk length)")
-        if overlap < 0:
-            raise ValueError(f"overlap_samples must be an int in [0, chunk length), got {overlap}")
-        context = _integer("context_columns", self.context_columns, "an int in [1, columns per chunk)")
-        if context < 1:
-            raise ValueError(f"context_columns must be an int in [1, columns per chunk), got {context}")
-        iters = _integer("griffin_lim_iters", self.griffin_lim_iters, "an int >= 1")
-        if iters < 1:
-            raise ValueError(f"griffin_lim_iters must be an int >= 1, got {iters}")
-        _choice("mode", self.mode, MODES)
-        _choice("stitch", self.stitch, STITCHES)
-        _choice("crossfade_curve", self.crossfade_curve, CROSSFADE_CURVES)
-        # Store the normalised values (numpy scalars -> Python numbers, list -> tuple).
+            temperature = _positive("temperature", self.temperature)
+        in_unit = ("in [0, 1]", lambda v: 0.0 <= v <= 1.0)
         normalised = dict(
-            temperature=temperature, top_k=top_k, duration_s=duration_s, overlap_samples=overlap,
-            context_columns=context, griffin_lim_iters=iters, **probabilities,
+            temperature=temperature,
+            top_k=check_int("top_k", self.top_k, 0),
+            top_p=check_real("top_p", self.top_p, *in_unit),
+            min_p=check_real("min_p", self.min_p, *in_unit),
+            duration_s=check_real("duration_s", self.duration_s, f"in (0, {MAX_DURATION_S:g}] seconds",
+                                  lambda v: 0.0 < v <= MAX_DURATION_S),
+            context_columns=None if self.context_columns is None else check_int("context_columns",
+                                                                                  self.context_columns, 1),
+            overlap_samples=check_int("overlap_samples", self.overlap_samples, 0),
+            griffin_lim_iters=check_int("griffin_lim_iters", self.griffin_lim_iters, 1, 512),
+            target_dbfs=None if self.target_dbfs is None else check_real("target_dbfs", self.target_dbfs, "<= 0",
+                                                                         lambda v: v <= 0.0),
         )
-        for name, value in normalised.items():
+        check_choice("mode", self.mode, MODES)
+        check_choice("stitch", self.stitch, STITCHES)
+        check_choice("crossfade_curve", self.crossfade_curve, CURVES)
+        check_choice("normalise", self.normalise, NORMALISATIONS)
+        for name, value in normalised.items():  # numpy scalars -> Python numbers, list -> tuple
             object.__setattr__(self, name, value)
 
     def to_dict(self) -> dict:
@@ -219,17 +156,20 @@ class GenerationResult:
     """One generated take.
 
     Attributes:
-        audio: float32 [n] mono waveform, n = round(duration_s * sample_rate) (plus the prompt's
-            samples less the shared region when the prompt is included).
+        audio: float32 [n] mono waveform, n = round(duration_s * sample_rate) (plus the prompt's samples
+            when the prompt is included).
         sample_rate: Hz.
-        codes: long [n_chunks, P, Q] sampled codes of each chunk (time-major positions), on the CPU.
-        mels: float32 [n_chunks, n_mels, frames] the decoded log-mel of each chunk, on the CPU.
-        seed: the take's seed; chunk i was sampled with seed + i.
+        codes: long [pieces, P, levels] sampled codes, time-major, on the CPU: one piece per chunk in
+            "independent" mode (P = rows * columns of a chunk), one piece holding the whole stream of new
+            columns in "continuation" mode.
+        mels: float32 [pieces, n_mels, frames] the decoded log-mel of each piece, on the CPU.
+        seed: the take's seed; window or chunk i was sampled with seed + i.
         settings: the settings used.
-        timings: seconds per stage: "sampling_s", "decoding_s" and "total_s" of the whole batch of
-            takes this take was generated in, "griffin_lim_s" and "stitching_s" of this take.
-        seam_samples: sample index of the centre of each region where two chunks (or the prompt and
-            the first chunk) were blended, in ``audio``.
+        timings: seconds per stage: "sampling_s", "decoding_s" and "total_s" of the whole batch of takes
+            this take was generated in, "griffin_lim_s" and "stitching_s" of this take.
+        seam_samples: sample indices in ``audio`` of each join: the centre of a blend ("independent"), the
+            start of a window's new columns ("continuation"), the prompt's end when it is included.
+        gain_db: the gain the normalisation applied, dB.
         model_name: name of the model from its metadata, if it has one.
         prompt_samples: length of the audio prompt in samples (0 without a prompt).
         include_prompt: whether ``audio`` starts with the prompt.
@@ -243,6 +183,7 @@ class GenerationResult:
     settings: GenerationSettings
     timings: dict[str, float]
     seam_samples: list[int]
+    gain_db: float = 0.0
     model_name: str | None = None
     prompt_samples: int = 0
     include_prompt: bool = False
@@ -253,15 +194,20 @@ class GenerationResult:
 
     def to_metadata(self) -> dict:
         """JSON-safe description of the take, for the sidecar written next to a saved file."""
+        try:
+            package_version = version("distill_nb")
+        except Exception:  # an uninstalled source tree has no distribution metadata
+            package_version = "unknown"
         return {
             "generator": "distill_nb",
-            "distill_nb_version": version("distill_nb"),
+            "distill_nb_version": package_version,
             "model_name": self.model_name,
             "seed": self.seed,
             "sample_rate": self.sample_rate,
             "duration_s": self.duration_s,
-            "n_chunks": int(self.codes.shape[0]),
+            "pieces": int(self.codes.shape[0]),
             "settings": self.settings.to_dict(),
+            "gain_db": round(float(self.gain_db), 3),
             "prompt_samples": self.prompt_samples,
             "include_prompt": self.include_prompt,
             "seam_samples": [int(s) for s in self.seam_samples],
@@ -269,191 +215,172 @@ class GenerationResult:
         }
 
 
-# --------------------------------------------------------------------------- chunk geometry
+# --------------------------------------------------------------------------- the plan of a take
 
 
 @dataclass(frozen=True)
-class _Geometry:
-    """Sizes of one chunk for a model: samples, mel frames and the latent grid (H rows x W columns)."""
+class _Plan:
+    """What to sample and render for the takes of one call."""
 
-    chunk: int
-    hop: int
-    frames: int
-    rows: int
-    columns: int
-    levels: int
-    column_samples: int  # samples per latent time column: DOWNSAMPLE mel frames
-
-    @classmethod
-    def of(cls, loaded: LoadedVQModel) -> _Geometry:
-        chunk = loaded.chunk_samples
-        hop = loaded.spectrogram.config.hop_length
-        _, frames = loaded.spectrogram.get_mel_shape(chunk)
-        rows, columns = loaded.model.spatial_shape(frames)
-        levels = loaded.model.config.num_quantizers
-        return cls(chunk, hop, frames, rows, columns, levels, loaded.model.DOWNSAMPLE * hop)
-
-    @property
-    def column_tokens(self) -> int:
-        """Flat tokens per time column (H * Q): the unit of priming."""
-        return self.rows * self.levels
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """Where the chunks of one take sit: ``n_chunks`` chunks whose starts are ``step`` samples apart."""
-
-    n_chunks: int
-    step: int
-    chunk: int
+    geometry: ChunkGeometry
+    total: int  # samples per take
+    context: int  # columns that prime a window
+    window: int  # columns per prior window
+    n_chunks: int  # "independent": chunks per take
+    step: int  # "independent": samples between chunk starts
+    stream_columns: int  # "continuation": new columns per take
 
     @property
     def overlap(self) -> int:
-        """Samples shared by neighbouring chunks."""
-        return self.chunk - self.step
+        return self.geometry.chunk_samples - self.step
 
-    @property
-    def length(self) -> int:
-        """Samples covered by all chunks, before trimming."""
-        return (self.n_chunks - 1) * self.step + self.chunk
-
-    def seams(self, total: int) -> list[int]:
-        """Centres of the blended regions that lie inside the first ``total`` samples."""
+    def chunk_seams(self) -> list[int]:
+        """Centres of the blends between independent chunks that lie inside the take."""
         centres = (i * self.step + self.overlap // 2 for i in range(1, self.n_chunks))
-        return [c for c in centres if c < total]
+        return [c for c in centres if c < self.total]
 
 
-def _layout(settings: GenerationSettings, geometry: _Geometry, total: int) -> _Layout:
-    """The fewest chunks that cover ``total`` samples, with their spacing for this mode and stitching."""
-    if settings.mode == "continuation":
-        # The last c columns of chunk i and the first c columns of chunk i+1 are the same codes,
-        # so chunk i+1 starts where column W - c of chunk i starts.
-        step = (geometry.columns - settings.context_columns) * geometry.column_samples
-    else:
-        step = geometry.chunk - settings.overlap_samples
-    if settings.stitch == "overlap_add":
-        # Mel overlap-add can only shift chunks by whole frames.
-        step = max(1, round(step / geometry.hop)) * geometry.hop
-    n_chunks = 1 + max(0, math.ceil((total - geometry.chunk) / step))
-    return _Layout(n_chunks, step, geometry.chunk)
-
-
-def _check_for_model(settings: GenerationSettings, geometry: _Geometry, loaded: LoadedVQModel) -> int:
-    """Check the settings that depend on the model; return the take length in samples."""
+def _plan(loaded: LoadedVQModel, settings: GenerationSettings) -> _Plan:
+    """Check the settings against the model and lay out the takes."""
     if loaded.prior is None:
         raise ValueError("Model has no trained prior")
-    seq_len = geometry.rows * geometry.columns * geometry.levels
-    if loaded.prior.seq_len != seq_len:
-        raise ValueError(
-            f"prior seq_len {loaded.prior.seq_len} does not match the VQ-VAE's "
-            f"{geometry.rows}x{geometry.columns} grid x {geometry.levels} levels = {seq_len}"
-        )
+    geometry = loaded.geometry
+    window = loaded.prior.config.window_columns
     if isinstance(settings.temperature, tuple) and len(settings.temperature) != geometry.levels:
-        raise ValueError(
-            f"temperature must be one number or one per level ({geometry.levels} levels), "
-            f"got {len(settings.temperature)} values"
-        )
-    if settings.overlap_samples >= geometry.chunk:
-        raise ValueError(
-            f"overlap_samples must be an int in [0, {geometry.chunk}) (the chunk length), "
-            f"got {settings.overlap_samples}"
-        )
-    if settings.context_columns >= geometry.columns:
-        raise ValueError(
-            f"context_columns must be an int in [1, {geometry.columns}) (columns per chunk), "
-            f"got {settings.context_columns}"
-        )
+        raise ValueError(f"temperature must be one number or one per level ({geometry.levels} levels), "
+                         f"got {len(settings.temperature)} values")
+    if settings.overlap_samples >= geometry.chunk_samples:
+        raise ValueError(f"overlap_samples must be an int in [0, {geometry.chunk_samples}) (the chunk length), "
+                         f"got {settings.overlap_samples}")
+    context = max(1, window - geometry.columns) if settings.context_columns is None else settings.context_columns
+    if context >= window:
+        raise ValueError(f"context_columns must be an int in [1, {window}) (the prior's window columns), "
+                         f"got {context}")
     total = round(settings.duration_s * loaded.sample_rate)
     if total < 1:
         raise ValueError(f"duration_s must give at least one sample, got {settings.duration_s}")
-    return total
+    step = geometry.chunk_samples - settings.overlap_samples
+    if settings.stitch == "overlap_add":  # mel overlap-add can only shift chunks by whole frames
+        step = max(1, round(step / geometry.hop_length)) * geometry.hop_length
+    n_chunks = 1 + max(0, math.ceil((total - geometry.chunk_samples) / step))
+    # One column more than the frames of `total` samples need, so the inversion never runs short.
+    return _Plan(geometry, total, context, window, n_chunks, step, geometry.columns_for(total) + 1)
 
 
 # --------------------------------------------------------------------------- encoding
 
 
-def _encode_chunks(loaded: LoadedVQModel, chunks: torch.Tensor) -> torch.Tensor:
-    """float32 [N, chunk] waveforms -> long [N, P, Q] codes on the CPU."""
-    codes = []
-    with torch.inference_mode():
-        for part in chunks.split(CODEC_BATCH):
-            mel = loaded.spectrogram.waveform_to_mel(part.to(loaded.device))
-            codes.append(loaded.model.encode(mel).cpu())
-    return torch.cat(codes)
-
-
 def encode_audio(loaded: LoadedVQModel, audio: np.ndarray) -> torch.Tensor:
-    """Encode mono audio at the model's sample rate to codes.
+    """Encode mono audio at the model's sample rate to the codes of one stream.
 
     Args:
-        audio: float32 [n] waveform; it is cut into 1 s chunks, the last one zero-padded.
+        audio: float32 [n] waveform.
 
     Returns:
-        long [n_chunks, P, Q] codes (time-major positions) on the CPU, n_chunks = ceil(n / chunk).
+        long [1, P, levels] codes (time-major positions, P = rows * columns) on the CPU; the columns
+        cover the mel frames of the audio (1 + n // hop), the last one padded.
     """
     audio = _audio_array("audio", audio)
-    chunk = loaded.chunk_samples
-    n_chunks = math.ceil(len(audio) / chunk)
-    padded = np.zeros(n_chunks * chunk, dtype=np.float32)
-    padded[: len(audio)] = audio
-    return _encode_chunks(loaded, torch.from_numpy(padded).view(n_chunks, chunk))
+    with torch.inference_mode():
+        mel = loaded.spectrogram.waveform_to_mel(_at_least_a_frame(loaded, audio))[0]
+        return loaded.vqvae.encode_stream(mel.to(loaded.device))[None]
 
 
-def _prompt_prefix(loaded: LoadedVQModel, prompt: np.ndarray, settings: GenerationSettings,
-                   geometry: _Geometry) -> torch.Tensor:
-    """Flat tokens [1, c*H*Q] of the last ``context_columns`` columns of the prompt's last second.
+def _at_least_a_frame(loaded: LoadedVQModel, audio: np.ndarray) -> torch.Tensor:
+    shortest = loaded.spectrogram.config.n_fft // 2 + 1
+    return torch.from_numpy(np.pad(audio, (shortest - len(audio), 0)) if len(audio) < shortest else audio)
 
-    The window is aligned to the prompt's end (zero-padded in front when the prompt is shorter than a
-    chunk), so the primed columns are the sound the prompt ends with, not padding.
+
+def _prompt_context(loaded: LoadedVQModel, prompt: np.ndarray, plan: _Plan) -> tuple[torch.Tensor, int]:
+    """The prompt's last columns that prime the take -> (flat tokens [1, c * column_tokens], samples from
+    the start of those columns to the prompt's end).
+
+    The prompt's mel loses up to a column of frames at its start so that its last column ends on its last
+    frame: the primed columns are the sound the prompt ends with, not padding.
     """
-    window = np.zeros(geometry.chunk, dtype=np.float32)
-    tail = prompt[-geometry.chunk:]
-    window[geometry.chunk - len(tail):] = tail
-    codes = _encode_chunks(loaded, torch.from_numpy(window)[None])
-    return flatten_codes(codes)[:, -settings.context_columns * geometry.column_tokens:]
+    geometry = plan.geometry
+    with torch.inference_mode():
+        mel = loaded.spectrogram.waveform_to_mel(_at_least_a_frame(loaded, prompt))[0]
+    frames = mel.shape[1]
+    columns = max(1, frames // geometry.column_frames)
+    used = min(plan.context, columns)
+    mel = mel[:, max(0, frames - columns * geometry.column_frames):]
+    with torch.inference_mode():
+        codes = loaded.vqvae.encode_stream(mel.to(loaded.device))
+    tokens = codes.reshape(1, -1)[:, -used * geometry.column_tokens:]
+    # Frame j is centred on sample j * hop: the first primed column starts at frame frames - used * column_frames.
+    shared = len(prompt) - max(0, frames - used * geometry.column_frames) * geometry.hop_length
+    return tokens, max(0, shared)
 
 
 # --------------------------------------------------------------------------- sampling
 
 
-def _sample_takes(loaded: LoadedVQModel, settings: GenerationSettings, seeds: Sequence[int],
-                  layout: _Layout, geometry: _Geometry, prompt_prefix: torch.Tensor | None,
-                  report: Progress) -> torch.Tensor:
-    """Sample the codes of every chunk of every take: long [takes, n_chunks, P, Q] on the CPU."""
-    n = layout.n_chunks
+def _sample_streams(loaded: LoadedVQModel, settings: GenerationSettings, seeds: list[int], plan: _Plan,
+                    prompt_tokens: torch.Tensor | None, report: Progress) -> tuple[torch.Tensor, list[int]]:
+    """Sample the column stream of every take, window after window -> (flat tokens [takes, c0 + new columns
+    of tokens], the column index of each window's first new column after the first window).
+
+    c0 is the number of primed prompt columns (0 without a prompt); all takes advance together.
+    """
+    column_tokens = plan.geometry.column_tokens
+    stream = (torch.zeros(len(seeds), 0, dtype=torch.long) if prompt_tokens is None
+              else prompt_tokens.expand(len(seeds), -1).clone())
+    first_new = stream.shape[1] // column_tokens
+    target = first_new + plan.stream_columns
+    starts, window = [], 0
+    windows = 1 + max(0, math.ceil((plan.stream_columns - (plan.window - first_new)) / (plan.window - plan.context)))
+    while stream.shape[1] // column_tokens < target:
+        report(window / windows, f"Sampling window {window + 1}/{windows}...")
+        prefix = stream[:, -plan.context * column_tokens:] if stream.shape[1] else None
+        have = 0 if prefix is None else prefix.shape[1] // column_tokens
+        new = min(plan.window - have, target - stream.shape[1] // column_tokens)
+        tokens = sample_codes(loaded.prior, len(seeds), [seed + window for seed in seeds], settings.temperature,
+                              settings.top_k, settings.top_p, settings.min_p, prefix=prefix,
+                              length=(have + new) * column_tokens).cpu()
+        if window > 0 or prefix is not None:
+            starts.append(stream.shape[1] // column_tokens)
+        stream = torch.cat([stream, tokens[:, have * column_tokens:]], dim=1)
+        window += 1
+    return stream, starts
+
+
+def _sample_chunks(loaded: LoadedVQModel, settings: GenerationSettings, seeds: list[int], plan: _Plan,
+                   prompt_tokens: torch.Tensor | None, report: Progress) -> torch.Tensor:
+    """Sample every independent chunk of every take -> flat tokens [takes, n_chunks, (c0 +) chunk tokens].
+
+    Without a prompt all chunks share one batch. With one, the first chunk of each take is primed by the
+    prompt's columns, which stay in front of its tokens (c0 columns) until rendering; the other chunks are
+    batched on their own, as the rows of one batch share a prefix length.
+    """
+    n, chunk_tokens = plan.n_chunks, plan.geometry.chunk_tokens
+    report(0.0, "Sampling chunk 1/1..." if n == 1 else f"Sampling chunks 1-{n}/{n} in one batch...")
 
     def sample(chunk_seeds: list[int], prefix: torch.Tensor | None) -> torch.Tensor:
-        if prefix is not None:
-            prefix = prefix.expand(len(chunk_seeds), -1)
-        return sample_codes(
-            loaded.prior, len(chunk_seeds), chunk_seeds, temperature=settings.temperature,
-            top_k=settings.top_k, top_p=settings.top_p, min_p=settings.min_p, prefix=prefix,
-        ).cpu()
+        have = 0 if prefix is None else prefix.shape[1]
+        return sample_codes(loaded.prior, len(chunk_seeds), chunk_seeds, settings.temperature, settings.top_k,
+                            settings.top_p, settings.min_p, prefix=prefix, length=have + chunk_tokens).cpu()
 
-    if settings.mode == "continuation":
-        # Chunk i needs chunk i-1, so chunks go in sequence; the takes share each step's batch.
-        flat, prefix = [], prompt_prefix
-        for i in range(n):
-            report(i / n, f"Generating chunk {i + 1}/{n}...")
-            tokens = sample([seed + i for seed in seeds], prefix)
-            flat.append(tokens)
-            prefix = tokens[:, -settings.context_columns * geometry.column_tokens:]
-        flat = torch.stack(flat, dim=1)  # [takes, n, P*Q]
-    else:
-        # All chunks of all takes advance together through the KV cache: one batch, one message.
-        report(0.0, "Generating chunk 1/1..." if n == 1 else f"Generating chunks 1-{n}/{n} in one batch...")
-        if prompt_prefix is None:
-            flat = sample([seed + i for seed in seeds for i in range(n)], None).view(len(seeds), n, -1)
-        else:
-            # Only the first chunk of each take is primed; the rows of one batch share a prefix length.
-            flat = sample(list(seeds), prompt_prefix)[:, None]
-            if n > 1:
-                rest = sample([seed + i for seed in seeds for i in range(1, n)], None)
-                flat = torch.cat([flat, rest.view(len(seeds), n - 1, -1)], dim=1)
-    return unflatten_codes(flat.reshape(len(seeds) * n, -1), geometry.levels).view(len(seeds), n, -1, geometry.levels)
+    if prompt_tokens is None:
+        return sample([seed + i for seed in seeds for i in range(n)], None).view(len(seeds), n, -1)
+    if prompt_tokens.shape[1] + chunk_tokens > loaded.prior.seq_len:
+        raise ValueError(f"context_columns={plan.context} leaves no room for a chunk in the prior's window of "
+                         f"{plan.window} columns; use at most {plan.window - plan.geometry.columns} in independent "
+                         f"mode with a prompt")
+    first = sample(list(seeds), prompt_tokens.expand(len(seeds), -1))[:, None]
+    if n == 1:
+        return first
+    rest = sample([seed + i for seed in seeds for i in range(1, n)], None).view(len(seeds), n - 1, -1)
+    context = torch.zeros(len(seeds), n - 1, prompt_tokens.shape[1], dtype=torch.long)  # placeholders, dropped
+    return torch.cat([first, torch.cat([context, rest], dim=2)], dim=1)
 
 
-# --------------------------------------------------------------------------- stitching
+# --------------------------------------------------------------------------- rendering
+
+
+def _invert(loaded: LoadedVQModel, settings: GenerationSettings, mels: torch.Tensor, length: int) -> torch.Tensor:
+    inversion = replace(DECODED_INVERSION, griffin_lim_iters=settings.griffin_lim_iters)
+    return loaded.spectrogram.mel_to_waveform(mels, inversion, length=length).cpu()
 
 
 def _fade_out_end(audio: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -463,24 +390,71 @@ def _fade_out_end(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     return audio
 
 
-def _render_take(loaded: LoadedVQModel, settings: GenerationSettings, mels: torch.Tensor,
-                 layout: _Layout, geometry: _Geometry) -> tuple[np.ndarray, float, float]:
-    """Turn one take's chunk mels [n, n_mels, frames] into a waveform of ``layout.length`` samples.
+@dataclass
+class _Rendered:
+    """One take's audio before trimming: new audio starts at ``start``; before it lies the re-rendered
+    prompt context (if any)."""
 
-    Griffin-Lim's random start phases come from mel_to_waveform's default seed, so the audio is a function
-    of the codes. Returns (audio, griffin_lim seconds, stitching seconds).
-    """
-    start = time.perf_counter()
-    inversion = replace(DECODED_INVERSION, griffin_lim_iters=settings.griffin_lim_iters)
+    audio: np.ndarray
+    start: int
+    codes: torch.Tensor  # [pieces, P, levels] of the new columns
+    mels: torch.Tensor  # [pieces, n_mels, frames]
+    griffin_lim_s: float
+    stitching_s: float
+
+
+def _render_stream(loaded: LoadedVQModel, settings: GenerationSettings, plan: _Plan, tokens: torch.Tensor,
+                   primed: int) -> _Rendered:
+    """One take's stream, flat tokens [(primed + new) columns of tokens], as one mel and one inversion."""
+    geometry = plan.geometry
+    frames = tokens.shape[0] // geometry.column_tokens * geometry.column_frames
+    codes = unflatten_codes(tokens[None], geometry.levels)[0]
+    with torch.inference_mode():
+        mel = loaded.vqvae.decode_stream(codes.to(loaded.device), frames)
+    start = primed * geometry.column_samples
+    started = time.perf_counter()
+    audio = _invert(loaded, settings, mel[None], (frames - 1) * geometry.hop_length)[0].numpy()
+    primed_positions = primed * geometry.rows
+    return _Rendered(audio, start, codes[None, primed_positions:].clone(),
+                     mel[None, :, primed * geometry.column_frames:].cpu(), time.perf_counter() - started, 0.0)
+
+
+def _render_chunks(loaded: LoadedVQModel, settings: GenerationSettings, plan: _Plan, tokens: torch.Tensor,
+                   primed: int) -> _Rendered:
+    """One take's independent chunks, flat tokens [n_chunks, (primed columns +) chunk tokens], stitched."""
+    geometry = plan.geometry
+    primed_tokens = primed * geometry.column_tokens
+    codes = unflatten_codes(tokens[:, primed_tokens:], geometry.levels)
+    with torch.inference_mode():
+        mels = torch.cat([loaded.vqvae.decode_codes(part.to(loaded.device), geometry.frames)
+                          for part in codes.split(CODEC_BATCH)])
+        context_mel = None
+        if primed:  # the first chunk decodes after its prompt columns, as the prior sampled it
+            first = unflatten_codes(tokens[:1], geometry.levels)[0]
+            stream = loaded.vqvae.decode_stream(first.to(loaded.device), (primed + geometry.columns) * geometry.column_frames)
+            context_mel = stream[:, : primed * geometry.column_frames]
+            mels[0] = stream[:, primed * geometry.column_frames:][:, : geometry.frames]
+    start = 0 if context_mel is None else context_mel.shape[1] * geometry.hop_length
+    started = time.perf_counter()
     if settings.stitch == "overlap_add":
-        whole = overlap_add_mels(mels, layout.step // geometry.hop, settings.crossfade_curve)
+        whole = overlap_add_mels(mels, plan.step // geometry.hop_length, settings.crossfade_curve)
+        if context_mel is not None:
+            whole = torch.cat([context_mel, whole], dim=1)
         stitched_at = time.perf_counter()
-        audio = loaded.spectrogram.mel_to_waveform(whole[None], inversion, length=layout.length)[0].cpu().numpy()
-        return audio, time.perf_counter() - stitched_at, stitched_at - start
-    waves = loaded.spectrogram.mel_to_waveform(mels, inversion, length=geometry.chunk).cpu()
+        length = start + (plan.n_chunks - 1) * plan.step + geometry.chunk_samples
+        audio = _invert(loaded, settings, whole[None], length)[0].numpy()
+        return _Rendered(audio, start, codes, mels.cpu(), time.perf_counter() - stitched_at, stitched_at - started)
+    if context_mel is not None:
+        first = torch.cat([context_mel, mels[0]], dim=1)
+        head = _invert(loaded, settings, first[None], start + geometry.chunk_samples)[0]
+    waves = list(_invert(loaded, settings, mels, geometry.chunk_samples))
     synthesised_at = time.perf_counter()
-    audio = crossfade_chunks(list(waves), layout.overlap, curve=settings.crossfade_curve)
-    return audio, synthesised_at - start, time.perf_counter() - synthesised_at
+    if context_mel is not None:
+        waves[0] = head[start:]
+    audio = crossfade_chunks(waves, plan.overlap, curve=settings.crossfade_curve)
+    if context_mel is not None:
+        audio = np.concatenate([head[:start].numpy(), audio])
+    return _Rendered(audio, start, codes, mels.cpu(), synthesised_at - started, time.perf_counter() - synthesised_at)
 
 
 # --------------------------------------------------------------------------- public entry points
@@ -489,22 +463,22 @@ def _render_take(loaded: LoadedVQModel, settings: GenerationSettings, mels: torc
 def generate_takes(loaded: LoadedVQModel, settings: GenerationSettings | None, seeds: Sequence[int],
                    progress: Progress | None = None, *, prompt: np.ndarray | None = None,
                    include_prompt: bool = False) -> list[GenerationResult]:
-    """Generate one take per seed, sampling all chunks of all takes in one batch.
+    """Generate one take per seed; the takes share each sampling batch.
 
-    Take ``k`` is identical to ``generate(loaded, settings, seed=seeds[k], prompt=prompt)``. Seeds
-    closer together than the number of chunks share chunks (chunk i of seed s is chunk i - 1 of seed
-    s + 1 in "independent" mode), so takes meant to differ want seeds far apart, e.g. random ones.
+    Take ``k`` is identical to ``generate(loaded, settings, seed=seeds[k], prompt=prompt)``. Seeds closer
+    together than the number of windows or chunks share them (window i of seed s is window i - 1 of seed
+    s + 1), so takes meant to differ want seeds far apart, e.g. random ones.
 
     Args:
         loaded: a model with a trained prior.
         settings: GenerationSettings (None = defaults).
-        seeds: one int in [0, 2**63) per take; chunk i of a take uses seed + i.
+        seeds: one int in [0, 2**63) per take.
         progress: called with (fraction in [0, 1], message); the last call has fraction 1.0.
-        prompt: optional float32 [n] audio at the model's sample rate. The last ``context_columns``
-            columns of its last second prime the first chunk, so the take continues the prompt. The
-            first chunk then starts ``shared`` samples before the prompt ends and re-renders them.
+        prompt: optional float32 [n] audio at the model's sample rate; its last ``context_columns``
+            columns prime the first window (or chunk), so the take continues the prompt.
         include_prompt: when True the take's audio is the prompt followed by the generated audio,
-            crossfaded over that shared region; when False (default) it holds only generated audio.
+            crossfaded where the primed columns re-render the prompt's end; when False (default) it holds
+            only generated audio, starting where the prompt ends.
 
     Raises:
         ValueError: "Model has no trained prior" when ``loaded.prior`` is None, or a bad argument.
@@ -516,65 +490,66 @@ def generate_takes(loaded: LoadedVQModel, settings: GenerationSettings | None, s
     if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or len(seeds) == 0:
         raise ValueError(f"seeds must be a non-empty sequence of ints in [0, 2**63), got {seeds!r}")
     seeds = [check_seed(seed, f"seeds[{k}]") for k, seed in enumerate(seeds)]
-    geometry = _Geometry.of(loaded)
-    total = _check_for_model(settings, geometry, loaded)
+    plan = _plan(loaded, settings)
     if prompt is not None:
         prompt = _audio_array("prompt", prompt)
-    report: Progress = progress if progress is not None else (lambda fraction, message: None)
-    layout = _layout(settings, geometry, total)
+    report: Progress = progress if progress is not None else silent
 
-    prompt_prefix = None
+    prompt_tokens, shared = None, 0
     if prompt is not None:
         report(0.0, "Encoding prompt...")
-        prompt_prefix = _prompt_prefix(loaded, prompt, settings, geometry)
+        prompt_tokens, shared = _prompt_context(loaded, prompt, plan)
+    primed = 0 if prompt_tokens is None else prompt_tokens.shape[1] // plan.geometry.column_tokens
 
     def sampling_progress(fraction: float, message: str) -> None:
         report(0.7 * fraction, message)  # sampling is most of the work
 
-    codes = _sample_takes(loaded, settings, seeds, layout, geometry, prompt_prefix, sampling_progress)
+    if settings.mode == "continuation":
+        tokens, window_starts = _sample_streams(loaded, settings, seeds, plan, prompt_tokens, sampling_progress)
+        window_seams = [(column - primed) * plan.geometry.column_samples for column in window_starts]
+        seams = [s for s in window_seams if 0 < s < plan.total]
+    else:
+        tokens = _sample_chunks(loaded, settings, seeds, plan, prompt_tokens, sampling_progress)
+        seams = plan.chunk_seams()
     sampled_at = time.perf_counter()
 
-    n = layout.n_chunks
-    report(0.7, f"Decoding {n * len(seeds)} chunk{'s' if n * len(seeds) > 1 else ''}...")
-    with torch.inference_mode():
-        flat_codes = codes.view(len(seeds) * n, *codes.shape[2:])
-        mels = torch.cat([
-            loaded.model.decode_codes(part.to(loaded.device), geometry.frames)
-            for part in flat_codes.split(CODEC_BATCH)
-        ]).view(len(seeds), n, -1, geometry.frames)
-    decoded_at = time.perf_counter()
-
-    # The prompt's end and the first chunk's first columns are the same sound (see _prompt_prefix).
-    prompt_overlap = 0 if prompt is None else min(
-        len(prompt), total, geometry.chunk - (geometry.columns - settings.context_columns) * geometry.column_samples)
-    results = []
-    for k, seed in enumerate(seeds):
+    report(0.7, "Decoding and inverting...")
+    renders = []
+    for k in range(len(seeds)):
         take = f", take {k + 1}/{len(seeds)}" if len(seeds) > 1 else ""
-        report(0.8 + 0.2 * k / len(seeds), f"Griffin-Lim and stitching{take}...")
-        with torch.inference_mode():
-            audio, griffin_lim_s, stitching_s = _render_take(loaded, settings, mels[k], layout, geometry)
-        seams = layout.seams(total)
-        if len(audio) > total:
-            audio = _fade_out_end(audio[:total].copy(), loaded.sample_rate)
+        report(0.7 + 0.3 * k / len(seeds), f"Decoding, Griffin-Lim and stitching{take}...")
+        render = _render_stream if settings.mode == "continuation" else _render_chunks
+        renders.append(render(loaded, settings, plan, tokens[k], primed))
+    rendered_at = time.perf_counter()
+
+    results = []
+    for seed, rendered in zip(seeds, renders):
+        # With a prompt, new audio begins where the prompt ends: at most a frame before the primed columns end.
+        begin = shared if primed else rendered.start
+        audio = rendered.audio[begin: begin + plan.total].copy()
+        if len(rendered.audio) - begin > plan.total:
+            audio = _fade_out_end(audio, loaded.sample_rate)
+        take_seams = list(seams)
         if prompt is not None and include_prompt:
-            offset = len(prompt) - prompt_overlap
-            seams = [offset + prompt_overlap // 2] + [offset + seam for seam in seams]
-            audio = crossfade_chunks([prompt, audio], prompt_overlap, curve=settings.crossfade_curve)
+            overlap = min(begin, len(prompt))
+            joined = rendered.audio[begin - overlap: begin + plan.total].copy()
+            joined[overlap:] = audio
+            offset = len(prompt) - overlap
+            take_seams = [offset + overlap // 2] + [len(prompt) + s for s in take_seams]
+            audio = crossfade_chunks([prompt, joined], overlap, curve=settings.crossfade_curve)
+        audio, gain_db = normalise_level(audio, settings.normalise, settings.target_dbfs)
         results.append(GenerationResult(
             audio=np.ascontiguousarray(audio, dtype=np.float32),
             sample_rate=loaded.sample_rate,
-            codes=codes[k].clone(),
-            mels=mels[k].cpu().clone(),
+            codes=rendered.codes,
+            mels=rendered.mels,
             seed=seed,
             settings=settings,
-            timings={
-                "sampling_s": sampled_at - started,
-                "decoding_s": decoded_at - sampled_at,
-                "griffin_lim_s": griffin_lim_s,
-                "stitching_s": stitching_s,
-            },
-            seam_samples=seams,
-            model_name=loaded.metadata.get("name"),
+            timings={"sampling_s": sampled_at - started, "decoding_s": rendered_at - sampled_at,
+                     "griffin_lim_s": rendered.griffin_lim_s, "stitching_s": rendered.stitching_s},
+            seam_samples=take_seams,
+            gain_db=gain_db,
+            model_name=loaded.metadata.get("name") if isinstance(loaded.metadata, dict) else None,
             prompt_samples=0 if prompt is None else len(prompt),
             include_prompt=prompt is not None and include_prompt,
         ))
@@ -604,8 +579,7 @@ def generate_audio_from_prior(loaded: LoadedVQModel, temperature: float | tuple[
     """Generate ``duration_s`` seconds of independent chunks crossfaded over ``overlap_samples``.
 
     A thin wrapper over ``generate`` that keeps the original Distill API and behaviour (mode
-    "independent", stitch "crossfade", whatever GenerationSettings' defaults are); ``seed`` None
-    draws a random seed.
+    "independent", stitch "crossfade", peak normalisation); ``seed`` None draws a random seed.
 
     Returns:
         (audio float32 [round(duration_s * sample_rate)], the seed used).

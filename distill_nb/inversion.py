@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from distill_nb import kernels
-from distill_nb.checks import finite_float, integer_at_least
+from distill_nb.checks import check_int, check_real
 
 if TYPE_CHECKING:  # spectrogram.py imports this module
     from distill_nb.spectrogram import SpectrogramConfig
@@ -67,14 +67,14 @@ class InversionSettings:
     fast_kernels: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "griffin_lim_iters", integer_at_least(self.griffin_lim_iters, "griffin_lim_iters", 0))
-        object.__setattr__(self, "nnls_max_steps", integer_at_least(self.nnls_max_steps, "nnls_max_steps", 0))
+        object.__setattr__(self, "griffin_lim_iters", check_int("griffin_lim_iters", self.griffin_lim_iters, 0))
+        object.__setattr__(self, "nnls_max_steps", check_int("nnls_max_steps", self.nnls_max_steps, 0))
         if self.phase_start not in _PHASE_STARTS:
             raise ValueError(f"phase_start must be one of {_PHASE_STARTS}, got {self.phase_start!r}")
-        relaxation = finite_float(self.relaxation, "relaxation")
+        relaxation = check_real("relaxation", self.relaxation)
         if not 1.0 <= relaxation < 2.0:
             raise ValueError(f"relaxation must be in [1, 2), got {relaxation}")
-        tolerance = finite_float(self.nnls_tolerance, "nnls_tolerance")
+        tolerance = check_real("nnls_tolerance", self.nnls_tolerance)
         if not 0.0 < tolerance < 1.0:
             raise ValueError(f"nnls_tolerance must be in (0, 1), got {tolerance}")
         if not isinstance(self.fast_kernels, bool):

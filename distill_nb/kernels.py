@@ -1,7 +1,10 @@
-"""Hand-tuned equivalents of the references in ``inversion.py``, selected by `InversionSettings.fast_kernels`.
+"""Hand-tuned equivalents of reference code, each selected by a setting and tested against its reference.
+
+- the NNLS and Griffin-Lim of ``inversion.py`` (`InversionSettings.fast_kernels`);
+- the prior's one-token step, ``CodePrior.next_logits`` on a KV cache (`sampling.sample_codes(fast_step=)`).
 
 Each gives its reference's result to float rounding (tests/test_kernels.py) and is here because it is
-measurably faster (bench/sampling_bench.py, the inversion table).
+measurably faster (bench/sampling_bench.py, bench/inversion_bench.py).
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:  # inversion.py imports this module
+if TYPE_CHECKING:  # inversion.py and sampling.py import this module
     from distill_nb.inversion import InversionBases, NNLSStop
+    from distill_nb.prior import CodePrior, KVCache
 
 _SMALLEST_NORMAL = torch.finfo(torch.float32).tiny
 
@@ -137,3 +141,55 @@ def _inverse_envelope(window: torch.Tensor, hop: int, frames: int, length: int) 
     Positive: a SpectrogramConfig keeps hop_length <= n_fft // 2."""
     start = window.numel() // 2
     return 1.0 / _shifted_add((window * window).expand(frames, -1), hop)[start : start + length]
+
+
+_SQRT_HALF = math.sqrt(0.5)
+
+
+class PriorStep:
+    """``prior.next_logits(tokens[:, None], cache)`` for one new token per row, in eval mode, unchecked.
+
+    At the small batches of sampling a step costs its number of calls more than its arithmetic, so the
+    step is written as functional calls on weights gathered once: the linear weights transposed to
+    [in, out] (``addmm`` without a transpose, the residual adds folded into it) and the exact GELU
+    x Phi(x) = g (1 + erf(g)) / sqrt 2 on g = x / sqrt 2, the scales folded into the MLP weights.
+    The cache must already hold the start token (feed the prefix with ``next_logits`` first).
+    """
+
+    def __init__(self, prior: CodePrior) -> None:
+        def transposed(linear: torch.nn.Linear, scale: float = 1.0) -> torch.Tensor:
+            return (linear.weight * scale).t().contiguous()
+
+        self.heads = prior.config.n_heads
+        self.blocks = [
+            (b.norm1.weight, b.norm1.bias, b.norm1.eps, transposed(b.attn.qkv), b.attn.qkv.bias,
+             transposed(b.attn.proj), b.attn.proj.bias, b.norm2.weight, b.norm2.bias, b.norm2.eps,
+             transposed(b.mlp[0], _SQRT_HALF), b.mlp[0].bias * _SQRT_HALF, transposed(b.mlp[2], _SQRT_HALF),
+             b.mlp[2].bias)
+            for b in prior.blocks
+        ]
+        self.token_embedding = prior.token_embedding.weight
+        self.slot = prior.column_embedding(prior.columns) + prior.slot_embedding(prior.slots)  # [seq_len, d_model]
+        self.final_norm = (prior.final_norm.weight, prior.final_norm.bias, prior.final_norm.eps)
+        self.head = (transposed(prior.head), prior.head.bias)
+
+    @torch.inference_mode()
+    def __call__(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """tokens long [B] -> float32 logits [B, codebook_size] of the token after them."""
+        position = cache.length
+        x = self.token_embedding.index_select(0, tokens).add_(self.slot[position])
+        batch, width = x.shape
+        for layer, (n1w, n1b, n1eps, qkv_w, qkv_b, proj_w, proj_b, n2w, n2b, n2eps, fc_w, fc_b, out_w,
+                    out_b) in enumerate(self.blocks):
+            qkv = torch.addmm(qkv_b, torch.layer_norm(x, (width,), n1w, n1b, n1eps), qkv_w)
+            q, k, v = qkv.view(batch, 3, self.heads, 1, -1).unbind(1)
+            cache.keys[layer].narrow(2, position, 1).copy_(k)
+            cache.values[layer].narrow(2, position, 1).copy_(v)
+            y = torch.nn.functional.scaled_dot_product_attention(
+                q, cache.keys[layer].narrow(2, 0, position + 1), cache.values[layer].narrow(2, 0, position + 1))
+            x.addmm_(y.reshape(batch, width), proj_w).add_(proj_b)  # in place: x is this step's own tensor
+            g = torch.addmm(fc_b, torch.layer_norm(x, (width,), n2w, n2b, n2eps), fc_w)  # the MLP's input / sqrt 2
+            x.addmm_(torch.erf(g).add_(1.0).mul_(g), out_w).add_(out_b)  # out_w holds the 1 / sqrt 2
+        cache.length = position + 1
+        return torch.addmm(self.head[1], torch.layer_norm(x, (width,), *self.final_norm), self.head[0]).float()
+

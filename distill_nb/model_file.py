@@ -3,8 +3,8 @@
 Layout of a ``.distill`` file (a plain safetensors file, so loading never unpickles anything):
 
     tensors   vqvae.<state_dict key>, prior.<state_dict key> (absent without a prior),
-              stats.train_code_counts (long [Q, K], optional)
-    metadata  format = "distill_nb.model", format_version = "1",
+              stats.train_code_counts (long [levels, K], optional)
+    metadata  format = "distill_nb.model", format_version = "2",
               spectrogram_config, vqvae_config, prior_config (absent without a prior): JSON of to_dict(),
               metadata: JSON of LoadedVQModel.metadata (name, training summary, dates, ...)
 
@@ -24,12 +24,13 @@ import torch
 from torch import nn
 
 from distill_nb.atomic import write_bytes_atomically
+from distill_nb.geometry import ChunkGeometry
 from distill_nb.prior import CodePrior, PriorConfig
 from distill_nb.spectrogram import Spectrogram, SpectrogramConfig
 from distill_nb.vqvae import ConvVQVAE, VQVAEConfig
 
 FORMAT_NAME = "distill_nb.model"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: 2-D VQ-VAE with strides, levels, and a prior over windows of columns
 DEFAULT_MODEL_PATH = Path(__file__).parent / "data" / "default.distill"
 
 # safetensors itself refuses headers above 100 MB; a model's header is a few kB.
@@ -46,15 +47,15 @@ class LoadedVQModel:
     """A VQ-VAE with its optional prior and the spectrogram it was trained on, ready to use.
 
     Attributes:
-        model: the VQ-VAE (eval mode after load_model).
+        vqvae: the VQ-VAE (eval mode after load_model).
         prior: the code prior, or None for a VQ-VAE alone.
         spectrogram: mel analysis and Griffin-Lim inverse matching the VQ-VAE's input.
         device: where model and prior live.
         metadata: JSON-serialisable facts about the model (name, training summary, dates, ...).
-        train_code_counts: long [Q, codebook_size] histogram of the training codes, or None.
+        train_code_counts: long [levels, codebook_size] histogram of the training codes, or None.
     """
 
-    model: ConvVQVAE
+    vqvae: ConvVQVAE
     prior: CodePrior | None
     spectrogram: Spectrogram
     device: torch.device
@@ -63,7 +64,7 @@ class LoadedVQModel:
 
     @property
     def vqvae_config(self) -> VQVAEConfig:
-        return self.model.config
+        return self.vqvae.config
 
     @property
     def prior_config(self) -> PriorConfig | None:
@@ -72,6 +73,11 @@ class LoadedVQModel:
     @property
     def spectrogram_config(self) -> SpectrogramConfig:
         return self.spectrogram.config
+
+    @property
+    def geometry(self) -> ChunkGeometry:
+        """How samples, frames, grid columns and tokens line up for this model."""
+        return ChunkGeometry.of(self.spectrogram.config, self.vqvae.config)
 
     @property
     def sample_rate(self) -> int:
@@ -84,23 +90,22 @@ class LoadedVQModel:
         return self.spectrogram.chunk_samples
 
 
-def _check_consistent(model: ConvVQVAE, prior: CodePrior | None, spectrogram: Spectrogram,
+def _check_consistent(vqvae: ConvVQVAE, prior: CodePrior | None, spectrogram: Spectrogram,
                       counts: torch.Tensor | None) -> None:
-    """ValueError unless the parts fit together: mel bins, vocabulary, levels, sequence length."""
-    vq = model.config
+    """ValueError unless the parts fit together: mel bins, vocabulary, levels, tokens per column."""
+    vq = vqvae.config
     if spectrogram.config.n_mels != vq.n_mels:
         raise ValueError(f"spectrogram n_mels={spectrogram.config.n_mels} differs from the VQ-VAE's "
                          f"n_mels={vq.n_mels}")
     if prior is not None:
-        h, w = model.spatial_shape(spectrogram.get_mel_shape(spectrogram.chunk_samples)[1])
-        expected = {"codebook_size": vq.codebook_size, "num_quantizers": vq.num_quantizers,
-                    "seq_len": h * w * vq.num_quantizers}
+        geometry = ChunkGeometry.of(spectrogram.config, vq)
+        expected = {"codebook_size": vq.codebook_size, "levels": vq.levels, "column_tokens": geometry.column_tokens}
         for name, value in expected.items():
             if getattr(prior.config, name) != value:
                 raise ValueError(f"prior {name}={getattr(prior.config, name)} does not fit the VQ-VAE "
-                                 f"(expected {value} for a {h} x {w} grid of {vq.num_quantizers} levels)")
+                                 f"(expected {value} for {geometry.rows} rows of {vq.levels} levels)")
     if counts is not None:
-        shape = (vq.num_quantizers, vq.codebook_size)
+        shape = (vq.levels, vq.codebook_size)
         if not isinstance(counts, torch.Tensor) or counts.dtype != torch.long or tuple(counts.shape) != shape:
             raise ValueError(f"train_code_counts must be a torch.long tensor of shape {shape}, got "
                              f"{getattr(counts, 'dtype', type(counts).__name__)} {tuple(getattr(counts, 'shape', ()))}")
@@ -127,7 +132,7 @@ def save_model(loaded: LoadedVQModel, path: str | os.PathLike) -> Path:
     if not isinstance(loaded, LoadedVQModel):
         raise TypeError(f"loaded must be a LoadedVQModel, got {type(loaded).__name__}")
     path = Path(path)
-    _check_consistent(loaded.model, loaded.prior, loaded.spectrogram, loaded.train_code_counts)
+    _check_consistent(loaded.vqvae, loaded.prior, loaded.spectrogram, loaded.train_code_counts)
     if not isinstance(loaded.metadata, dict):
         raise TypeError(f"metadata must be a dict, got {type(loaded.metadata).__name__}")
     try:
@@ -142,7 +147,7 @@ def save_model(loaded: LoadedVQModel, path: str | os.PathLike) -> Path:
         "vqvae_config": json.dumps(loaded.vqvae_config.to_dict()),
         "metadata": metadata_json,
     }
-    tensors = _tensors(loaded.model, "vqvae.")
+    tensors = _tensors(loaded.vqvae, "vqvae.")
     if loaded.prior is not None:
         header["prior_config"] = json.dumps(loaded.prior_config.to_dict())
         tensors.update(_tensors(loaded.prior, "prior."))
@@ -220,6 +225,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
     metadata, tensors = read_safetensors(path)
     if metadata.get("format") != FORMAT_NAME:
         raise ModelFileError(f"{path}: unknown format {metadata.get('format')!r}, expected {FORMAT_NAME!r}")
+    if metadata.get("format_version") == "1":
+        raise ModelFileError(f"{path}: a format 1 model (the 16x-downsampled VQ-VAE of distill_nb 0.1, which lost "
+                             f"pitch); this version reads format {FORMAT_VERSION!r}: retrain it with "
+                             f"`python -m distill_nb train`")
     if metadata.get("format_version") != FORMAT_VERSION:
         raise ModelFileError(f"{path}: unsupported format_version {metadata.get('format_version')!r}, "
                              f"this version of distill_nb reads {FORMAT_VERSION!r}")
@@ -262,7 +271,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
     model.to(device).eval()
     if prior is not None:
         prior.to(device).eval()
-    return LoadedVQModel(model=model, prior=prior, spectrogram=spectrogram, device=device,
+    return LoadedVQModel(vqvae=model, prior=prior, spectrogram=spectrogram, device=device,
                          metadata=user_metadata, train_code_counts=counts)
 
 

@@ -1,19 +1,22 @@
 """CodePrior: a decoder-only causal transformer over flattened VQ-VAE codes.
 
-The codes of a chunk, [P, Q] in time-major order, are flattened to one sequence of P*Q tokens
-(index p*Q + q) and modelled autoregressively, in the spirit of nanoGPT's model.py. Each input
-position gets a token, a position and a level embedding; the level (q = i mod Q) is that of the
-token being predicted, so the model always knows which residual codebook it is choosing from.
-A learned start token is fed first, so the prior has its own first-token distribution.
+The codes of a window of grid columns, time-major, are flattened to one sequence of tokens (index
+p * levels + q, so a column is a contiguous block of ``column_tokens`` = rows * levels tokens) and
+modelled autoregressively, in the spirit of nanoGPT's model.py. The prior is trained on windows of
+``seq_len`` tokens cut anywhere from the corpus played as one stream, so a window may start mid-sound
+and span the end of one file and the start of the next: continuing a take by priming a window with
+its last columns is what training did.
 
-Sampling uses `next_logits` over a preallocated `KVCache`: each step feeds only the new tokens.
+Each input gets a token embedding plus the embeddings of the slot it predicts: its column in the
+window and its place in the column (row and level), so the model always knows which residual
+codebook it is choosing from. A learned start token is fed first. Sampling feeds only the new tokens
+through a preallocated ``KVCache``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_SQRT_HALF = math.sqrt(0.5)
+from distill_nb.checks import check_int, check_real
 
 
 @dataclass(frozen=True)
@@ -30,8 +33,9 @@ class PriorConfig:
 
     Args:
         codebook_size: codes per residual level (the vocabulary), >= 2.
-        num_quantizers: residual levels Q, >= 1.
-        seq_len: tokens per chunk, P * Q (144 for an 8 x 6 grid and 3 levels); a multiple of Q.
+        levels: residual levels, >= 1.
+        column_tokens: tokens per grid column, rows * levels.
+        seq_len: tokens per window, a whole number of columns.
         d_model: width of the residual stream; a multiple of n_heads.
         n_layers: transformer blocks, >= 1.
         n_heads: attention heads per block, >= 1.
@@ -39,31 +43,41 @@ class PriorConfig:
     """
 
     codebook_size: int
-    num_quantizers: int = 3
-    seq_len: int = 144
+    levels: int
+    column_tokens: int
+    seq_len: int
     d_model: int = 256
     n_layers: int = 4
     n_heads: int = 4
     dropout: float = 0.1
 
     def __post_init__(self) -> None:
-        minimums = {"codebook_size": 2, "num_quantizers": 1, "seq_len": 1, "d_model": 1, "n_layers": 1, "n_heads": 1}
+        minimums = {"codebook_size": 2, "levels": 1, "column_tokens": 1, "seq_len": 1, "d_model": 1,
+                    "n_layers": 1, "n_heads": 1}
         for name, minimum in minimums.items():
-            value = getattr(self, name)
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-                raise TypeError(f"PriorConfig.{name} must be an int >= {minimum}, got {value!r}")
-            if value < minimum:
-                raise ValueError(f"PriorConfig.{name} must be an int >= {minimum}, got {value}")
-        if self.seq_len % self.num_quantizers:
-            raise ValueError(
-                f"PriorConfig.seq_len must be a multiple of num_quantizers={self.num_quantizers}, got {self.seq_len}"
-            )
+            check_int(f"PriorConfig.{name}", getattr(self, name), minimum)
+        if self.column_tokens % self.levels:
+            raise ValueError(f"PriorConfig.column_tokens must be a multiple of levels={self.levels}, "
+                             f"got {self.column_tokens}")
+        if self.seq_len % self.column_tokens:
+            raise ValueError(f"PriorConfig.seq_len must be a multiple of column_tokens={self.column_tokens}, "
+                             f"got {self.seq_len}")
         if self.d_model % self.n_heads:
             raise ValueError(f"PriorConfig.d_model must be a multiple of n_heads={self.n_heads}, got {self.d_model}")
-        if not isinstance(self.dropout, numbers.Real) or isinstance(self.dropout, bool):
-            raise TypeError(f"PriorConfig.dropout must be a float in [0, 1), got {self.dropout!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"PriorConfig.dropout must be a float in [0, 1), got {self.dropout}")
+        object.__setattr__(self, "dropout",
+                           check_real("PriorConfig.dropout", self.dropout, "in [0, 1)", lambda v: 0 <= v < 1))
+
+    @classmethod
+    def for_vqvae(cls, geometry: Any, codebook_size: int, window_columns: int, **sizes: Any) -> PriorConfig:
+        """The config whose windows hold ``window_columns`` columns of ``geometry`` (a ChunkGeometry)."""
+        window_columns = check_int("window_columns", window_columns, 1)
+        return cls(codebook_size=codebook_size, levels=geometry.levels, column_tokens=geometry.column_tokens,
+                   seq_len=window_columns * geometry.column_tokens, **sizes)
+
+    @property
+    def window_columns(self) -> int:
+        """Grid columns per window."""
+        return self.seq_len // self.column_tokens
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of the fields."""
@@ -71,36 +85,34 @@ class PriorConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PriorConfig:
-        """Inverse of `to_dict`; ValueError on unknown keys or a missing codebook_size."""
-        known = {field.name for field in dataclasses.fields(cls)}
+        """Inverse of `to_dict`; ValueError on unknown or missing keys."""
+        if not isinstance(d, dict):
+            raise TypeError(f"PriorConfig.from_dict expects a dict, got {type(d).__name__}")
+        fields = dataclasses.fields(cls)
+        known = {field.name for field in fields}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"PriorConfig.from_dict: unknown keys {unknown}; expected a subset of {sorted(known)}")
-        if "codebook_size" not in d:
-            raise ValueError("PriorConfig.from_dict: missing required key 'codebook_size'")
+        missing = [f.name for f in fields if f.default is dataclasses.MISSING and f.name not in d]
+        if missing:
+            raise ValueError(f"PriorConfig.from_dict: missing required keys {missing}")
         return cls(**d)
 
 
 class KVCache:
     """Preallocated keys and values of every layer, for incremental decoding.
 
-    keys, values: [n_layers, B, n_heads, seq_len, head_dim], views of one buffer [n_layers, 2, B,
-    n_heads, seq_len, head_dim] so that a step writes a layer's key and value in one copy. Position 0
-    holds the start token and position i > 0 the token at index i - 1, so seq_len slots suffice: the
-    last token of a sequence is never fed, because nothing follows it. `length` is the number of
-    filled positions.
+    keys, values: [n_layers, B, n_heads, seq_len, head_dim]. Position 0 holds the start token and
+    position i > 0 the token at index i - 1, so seq_len slots suffice: the last token of a window is
+    never fed, because nothing follows it. `length` is the number of filled positions.
     """
 
     def __init__(self, config: PriorConfig, batch_size: int, device: torch.device, dtype: torch.dtype) -> None:
         head_dim = config.d_model // config.n_heads
-        shape = (config.n_layers, 2, batch_size, config.n_heads, config.seq_len, head_dim)
-        self.keys_values = torch.zeros(shape, device=device, dtype=dtype)
-        self.keys, self.values = self.keys_values[:, 0], self.keys_values[:, 1]
-        # Per layer (keys and values [2, B, n_heads, seq_len, head_dim], keys, values), for CodePrior.step:
-        # a method call on a stored view costs less than indexing the 6-d buffer anew every step.
-        self.layer_views = list(zip(self.keys_values.unbind(0), self.keys.unbind(0), self.values.unbind(0)))
+        shape = (config.n_layers, batch_size, config.n_heads, config.seq_len, head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0
-        self.step_weights: _StepWeights | None = None  # filled by CodePrior.step
 
     @property
     def batch_size(self) -> int:
@@ -120,43 +132,6 @@ class KVCache:
         self.keys[layer, :, :, self.length : end] = k
         self.values[layer, :, :, self.length : end] = v
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
-
-
-@dataclass(frozen=True)
-class _StepWeights:
-    """What CodePrior.step reads, gathered once per cache: attribute lookups on modules cost more than
-    the small operations of a step.
-
-    The linear weights are transposed to [in, out] once, so that a step is `addmm` without a transpose
-    and a residual add folds into the product. The MLP's exact GELU, x Phi(x) = x (1 + erf(x / sqrt 2)) / 2,
-    is computed on g = x / sqrt 2 as g (1 + erf(g)) / sqrt 2: the 1 / sqrt 2 scales fold into the weights
-    of the two MLP linears, which leaves three element-wise operations instead of five.
-    """
-
-    blocks: list[tuple]  # per block: norm1 (weight, bias, eps), qkv, proj, norm2 (weight, bias, eps), fc, out
-    token_embedding: torch.Tensor  # [codebook_size, d_model]
-    position_and_level: torch.Tensor  # [seq_len, d_model]: the position plus the level embedding
-    final_norm: tuple[torch.Tensor, torch.Tensor, float]
-    head: tuple[torch.Tensor, torch.Tensor]  # weight [d_model, codebook_size], bias
-
-    @classmethod
-    def of(cls, prior: CodePrior) -> _StepWeights:
-        def transposed(linear: nn.Linear, scale: float = 1.0) -> torch.Tensor:
-            return (linear.weight * scale).t().contiguous()
-
-        return cls(
-            blocks=[
-                (b.norm1.weight, b.norm1.bias, b.norm1.eps, transposed(b.attn.qkv), b.attn.qkv.bias,
-                 transposed(b.attn.proj), b.attn.proj.bias, b.norm2.weight, b.norm2.bias, b.norm2.eps,
-                 transposed(b.mlp[0], _SQRT_HALF), b.mlp[0].bias * _SQRT_HALF, transposed(b.mlp[2], _SQRT_HALF),
-                 b.mlp[2].bias)
-                for b in prior.blocks
-            ],
-            token_embedding=prior.token_embedding.weight,
-            position_and_level=prior.position_embedding.weight + prior.level_embedding(prior.levels),
-            final_norm=(prior.final_norm.weight, prior.final_norm.bias, prior.final_norm.eps),
-            head=(transposed(prior.head), prior.head.bias),
-        )
 
 
 class SelfAttention(nn.Module):
@@ -208,7 +183,7 @@ class Block(nn.Module):
 
 
 class CodePrior(nn.Module):
-    """Autoregressive prior over flat code sequences [B, seq_len] with values in [0, codebook_size)."""
+    """Autoregressive prior over flat code windows [B, seq_len] with values in [0, codebook_size)."""
 
     def __init__(self, config: PriorConfig) -> None:
         super().__init__()
@@ -216,16 +191,18 @@ class CodePrior(nn.Module):
             raise TypeError(f"config must be a PriorConfig, got {type(config).__name__}")
         self.config = config
         self.token_embedding = nn.Embedding(config.codebook_size, config.d_model)
-        self.position_embedding = nn.Embedding(config.seq_len, config.d_model)
-        self.level_embedding = nn.Embedding(config.num_quantizers, config.d_model)
+        self.column_embedding = nn.Embedding(config.window_columns, config.d_model)
+        self.slot_embedding = nn.Embedding(config.column_tokens, config.d_model)
         self.start_token = nn.Parameter(torch.zeros(config.d_model))
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config, layer) for layer in range(config.n_layers))
         self.final_norm = nn.LayerNorm(config.d_model)
         # Not tied to token_embedding: safetensors refuses tensors that share memory.
         self.head = nn.Linear(config.d_model, config.codebook_size)
-        # Level of the token predicted at each position; derived from the config, so not saved.
-        self.register_buffer("levels", torch.arange(config.seq_len) % config.num_quantizers, persistent=False)
+        index = torch.arange(config.seq_len)
+        # Column and slot of the token predicted at each position; derived from the config, so not saved.
+        self.register_buffer("columns", index // config.column_tokens, persistent=False)
+        self.register_buffer("slots", index % config.column_tokens, persistent=False)
         self.apply(self._init_weights)
         nn.init.normal_(self.start_token, std=0.02)
         # GPT-2: scale the projections that write into the residual stream by depth.
@@ -249,8 +226,8 @@ class CodePrior(nn.Module):
         return self.config.codebook_size
 
     @property
-    def num_quantizers(self) -> int:
-        return self.config.num_quantizers
+    def levels(self) -> int:
+        return self.config.levels
 
     def _check_tokens(self, tokens: torch.Tensor) -> None:
         if not isinstance(tokens, torch.Tensor) or tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
@@ -272,7 +249,7 @@ class CodePrior(nn.Module):
         if with_start:
             x = torch.cat([self.start_token.expand(len(tokens), 1, -1), x], dim=1)
         end = offset + x.shape[1]
-        x = x + self.position_embedding.weight[offset:end] + self.level_embedding(self.levels[offset:end])
+        x = x + self.column_embedding(self.columns[offset:end]) + self.slot_embedding(self.slots[offset:end])
         return self.drop(x)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -291,10 +268,9 @@ class CodePrior(nn.Module):
 
     def new_cache(self, batch_size: int, device: torch.device | str | None = None) -> KVCache:
         """An empty KVCache for `batch_size` sequences, on `device` (default: the prior's)."""
-        if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        batch_size = check_int("batch_size", batch_size, 1)
         weight = self.head.weight
-        return KVCache(self.config, int(batch_size), torch.device(device or weight.device), weight.dtype)
+        return KVCache(self.config, batch_size, torch.device(device or weight.device), weight.dtype)
 
     def next_logits(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Feed tokens [B, t] (t >= 0) after those in `cache`; float32 logits [B, codebook_size] of the next token.
@@ -312,7 +288,7 @@ class CodePrior(nn.Module):
         if offset + t > cache.capacity:
             raise ValueError(
                 f"cache holds {max(offset - 1, 0)} tokens; feeding {tokens.shape[1]} more exceeds "
-                f"the {self.seq_len - 1} that can precede a token of a seq_len={self.seq_len} sequence"
+                f"the {self.seq_len - 1} that can precede a token of a seq_len={self.seq_len} window"
             )
         x = self._embed(tokens, offset, with_start=offset == 0)
         # A new position may see every cached one and the new ones up to itself.
@@ -322,72 +298,19 @@ class CodePrior(nn.Module):
         cache.length = offset + t
         return self.head(self.final_norm(x[:, -1])).float()
 
-    def step(self, tokens: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """`next_logits` for exactly one new token per row, tokens long [B], in eval mode, unchecked.
-
-        The sampling loop's inner step: the computation of `Block.forward` with a cache, written as
-        functional calls on the same weights (see `_StepWeights`), because at the small batches of sampling
-        the number of calls costs as much as the arithmetic. The cache must already hold the start token
-        (feed the prefix with `next_logits` first) and the tokens must be valid codes.
-        """
-        if cache.step_weights is None:
-            cache.step_weights = _StepWeights.of(self)
-        weights = cache.step_weights
-        position = cache.length
-        x = weights.token_embedding.index_select(0, tokens).add_(weights.position_and_level[position])
-        B, C = x.shape
-        heads = self.config.n_heads
-        # torch.layer_norm is what F.layer_norm calls, without its Python-side checks.
-        for (keys_values, keys, values), (n1w, n1b, n1eps, qkv_w, qkv_b, proj_w, proj_b, n2w, n2b, n2eps, fc_w, fc_b,
-                                          out_w, out_b) in zip(cache.layer_views, weights.blocks):
-            qkv = torch.addmm(qkv_b, torch.layer_norm(x, (C,), n1w, n1b, n1eps), qkv_w).view(B, 3, heads, 1, -1)
-            # k and v, [2, B, heads, 1, head_dim], into the cache at this position
-            keys_values.narrow(3, position, 1).copy_(qkv.narrow(1, 1, 2).transpose(0, 1))
-            y = F.scaled_dot_product_attention(
-                qkv.select(1, 0), keys.narrow(2, 0, position + 1), values.narrow(2, 0, position + 1))
-            x.addmm_(y.reshape(B, C), proj_w).add_(proj_b)  # in place: x is this step's own tensor
-            g = torch.addmm(fc_b, torch.layer_norm(x, (C,), n2w, n2b, n2eps), fc_w)  # the MLP's input / sqrt 2
-            x.addmm_(torch.erf(g).add_(1.0).mul_(g), out_w).add_(out_b)  # out_w holds the 1 / sqrt 2
-        cache.length = position + 1
-        return torch.addmm(weights.head[1], torch.layer_norm(x, (C,), *weights.final_norm), weights.head[0]).float()
-
 
 def flatten_codes(codes: torch.Tensor) -> torch.Tensor:
-    """codes [B, P, Q] -> flat tokens [B, P*Q], index p*Q + q (a position's levels are adjacent)."""
+    """codes [B, P, levels] -> flat tokens [B, P * levels], index p * levels + q (a position's levels adjacent)."""
     if not isinstance(codes, torch.Tensor) or codes.ndim != 3:
-        raise ValueError(f"codes must be a tensor [B, P, Q], got {getattr(codes, 'shape', type(codes).__name__)}")
+        raise ValueError(f"codes must be a tensor [B, P, levels], got {getattr(codes, 'shape', type(codes).__name__)}")
     return codes.reshape(codes.shape[0], -1)
 
 
-def unflatten_codes(flat: torch.Tensor, num_quantizers: int) -> torch.Tensor:
-    """flat tokens [B, P*Q] -> codes [B, P, Q]; the inverse of flatten_codes."""
-    if not isinstance(num_quantizers, numbers.Integral) or isinstance(num_quantizers, bool) or num_quantizers < 1:
-        raise ValueError(f"num_quantizers must be an int >= 1, got {num_quantizers!r}")
+def unflatten_codes(flat: torch.Tensor, levels: int) -> torch.Tensor:
+    """flat tokens [B, P * levels] -> codes [B, P, levels]; the inverse of flatten_codes."""
+    levels = check_int("levels", levels, 1)
     if not isinstance(flat, torch.Tensor) or flat.ndim != 2:
-        raise ValueError(f"flat must be a tensor [B, P*Q], got {getattr(flat, 'shape', type(flat).__name__)}")
-    if flat.shape[1] % num_quantizers:
-        raise ValueError(f"flat has {flat.shape[1]} columns, not a multiple of num_quantizers={num_quantizers}")
-    return flat.reshape(flat.shape[0], -1, num_quantizers)
-
-
-def extract_code_sequences(vqvae: nn.Module, mels: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Encode mels [N, n_mels, frames] with vqvae.encode into flat tokens long [N, P*Q], on the CPU.
-
-    Runs in eval mode without gradients, `batch_size` mels at a time on the VQ-VAE's device;
-    the VQ-VAE's training mode is restored afterwards.
-    """
-    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    if not isinstance(mels, torch.Tensor) or mels.ndim != 3 or len(mels) == 0:
-        raise ValueError(
-            f"mels must be a non-empty tensor [N, n_mels, frames], got {getattr(mels, 'shape', type(mels).__name__)}"
-        )
-    device = next(vqvae.parameters()).device
-    was_training = vqvae.training
-    vqvae.eval()
-    try:
-        with torch.no_grad():
-            codes = [vqvae.encode(batch.to(device)).cpu() for batch in mels.split(batch_size)]
-    finally:
-        vqvae.train(was_training)
-    return flatten_codes(torch.cat(codes)).long()
+        raise ValueError(f"flat must be a tensor [B, P * levels], got {getattr(flat, 'shape', type(flat).__name__)}")
+    if flat.shape[1] % levels:
+        raise ValueError(f"flat has {flat.shape[1]} columns, not a multiple of levels={levels}")
+    return flat.reshape(flat.shape[0], -1, levels)

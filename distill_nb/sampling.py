@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from distill_nb import kernels
+from distill_nb.checks import check_int
 from distill_nb.prior import CodePrior
 
 # logits_at(codes [B, seq_len], i) -> float32 logits [B, codebook_size] of codes[:, i] given codes[:, :i]
@@ -157,16 +159,23 @@ def _draw(
     return order.gather(-1, torch.minimum(position, last)).squeeze(-1), mass
 
 
-def _cached_logits(prior: CodePrior, batch_size: int, device: torch.device) -> LogitsAt:
+def _cached_logits(prior: CodePrior, batch_size: int, device: torch.device, fast_step: bool = False) -> LogitsAt:
     cache = prior.new_cache(batch_size, device)
+    step = kernels.PriorStep(prior) if fast_step else None
 
     def logits_at(codes: torch.Tensor, i: int) -> torch.Tensor:
         # The first call feeds the start token and the whole prefix; every later one the code sampled last.
         if cache.length == 0:
             return prior.next_logits(codes[:, :i], cache)
-        return prior.step(codes.select(1, i - 1), cache)
+        if step is not None:
+            return step(codes.select(1, i - 1), cache)
+        return prior.next_logits(codes[:, i - 1 : i], cache)
 
     return logits_at
+
+
+def _fast_cached_logits(prior: CodePrior, batch_size: int, device: torch.device) -> LogitsAt:
+    return _cached_logits(prior, batch_size, device, fast_step=True)
 
 
 def _full_forward_logits(prior: CodePrior, batch_size: int, device: torch.device) -> LogitsAt:
@@ -174,15 +183,15 @@ def _full_forward_logits(prior: CodePrior, batch_size: int, device: torch.device
     return lambda codes, i: prior(codes[:, : i + 1])[:, -1].float()
 
 
-def _level_temperatures(temperature: float | Sequence[float], num_quantizers: int) -> list[float]:
+def _level_temperatures(temperature: float | Sequence[float], levels: int) -> list[float]:
     if isinstance(temperature, numbers.Real) and not isinstance(temperature, bool):
         _check_temperature(temperature)
-        return [float(temperature)] * num_quantizers
+        return [float(temperature)] * levels
     if not isinstance(temperature, Sequence) or isinstance(temperature, str):
-        raise TypeError(f"temperature must be a float or a sequence of {num_quantizers} floats, got {temperature!r}")
-    if len(temperature) != num_quantizers:
+        raise TypeError(f"temperature must be a float or a sequence of {levels} floats, got {temperature!r}")
+    if len(temperature) != levels:
         raise ValueError(
-            f"temperature must have one value per level ({num_quantizers}), got {len(temperature)}: {temperature!r}"
+            f"temperature must have one value per level ({levels}), got {len(temperature)}: {temperature!r}"
         )
     for level, value in enumerate(temperature):
         _check_temperature(value, f"temperature[{level}]")
@@ -225,19 +234,22 @@ def _sample(
     min_p: float,
     prefix: torch.Tensor | None,
     device: torch.device | str | None,
+    length: int | None,
 ) -> torch.Tensor:
     """The sampling loop shared by sample_codes and sample_codes_full_forward: filter, sample, append."""
     _check_filters(top_k, top_p, min_p)
-    temperatures = _level_temperatures(temperature, prior.num_quantizers)
+    temperatures = _level_temperatures(temperature, prior.levels)
     seeds = _check_seeds(seeds, num_sequences)
     prior_device = next(prior.parameters()).device
     if device is not None and torch.empty(0, device=device).device != prior_device:
         raise ValueError(f"device must be the prior's device ({prior_device}) or None, got {device}")
-    codes = torch.zeros(num_sequences, prior.seq_len, dtype=torch.long, device=prior_device)
     if prefix is not None:
         _check_prefix(prefix, prior, num_sequences)
-        codes[:, : prefix.shape[1]] = prefix
     start = 0 if prefix is None else prefix.shape[1]
+    length = prior.seq_len if length is None else check_int("length", length, max(start, 1), prior.seq_len)
+    codes = torch.zeros(num_sequences, length, dtype=torch.long, device=prior_device)
+    if prefix is not None:
+        codes[:, :start] = prefix
     # Row b's uniform for position i comes from its own generator, whatever the batch or the prefix.
     # uniforms[i] is [B, 1], the shape the draw scales by the kept mass.
     uniforms = torch.stack(
@@ -253,9 +265,9 @@ def _sample(
             # costs its number of calls. A bad row makes its kept mass NaN, which sticks in the sum; it is
             # reported once at the end instead of with a sync every step.
             mass_sum = torch.zeros(num_sequences, 1, device=prior_device)
-            for i in range(start, prior.seq_len):
+            for i in range(start, length):
                 scores = logits_at(codes, i)  # of codes[:, i] given codes[:, :i]
-                temperature = temperatures[i % prior.num_quantizers]
+                temperature = temperatures[i % prior.levels]
                 if temperature != 1.0:  # (x / 1 is x: skipping it saves an operation per step)
                     scores = scores / temperature
                 tokens, mass = _draw(scores, top_k, top_p, min_p, uniforms[i])
@@ -278,8 +290,10 @@ def sample_codes(
     min_p: float = 0.0,
     prefix: torch.Tensor | None = None,
     device: torch.device | str | None = None,
+    length: int | None = None,
+    fast_step: bool = True,
 ) -> torch.Tensor:
-    """Sample num_sequences flat code sequences, long [B, seq_len], all in one batch through the KV cache.
+    """Sample num_sequences flat code sequences, long [B, length], all in one batch through the KV cache.
 
     Args:
         prior: the CodePrior; sampled in eval mode (its mode is restored afterwards).
@@ -291,9 +305,14 @@ def sample_codes(
         prefix: long [B, k], k <= seq_len: codes fed rather than sampled (continuation); they
             appear unchanged at the front of the output.
         device: None or the prior's device (the prior is not moved); the output lives there.
+        length: tokens per sequence, prefix included, in [max(k, 1), seq_len]; None = seq_len. Token i
+            of a row does not depend on the length (the row's uniforms are drawn for the whole window).
+        fast_step: feed each sampled token through ``kernels.PriorStep`` (the same logits to float
+            rounding, in fewer calls) rather than the reference ``CodePrior.next_logits``.
     """
     return _sample(
-        _cached_logits, prior, num_sequences, seeds, temperature, top_k, top_p, min_p, prefix, device
+        _fast_cached_logits if fast_step else _cached_logits, prior, num_sequences, seeds, temperature, top_k,
+        top_p, min_p, prefix, device, length
     )
 
 
@@ -307,6 +326,7 @@ def sample_codes_full_forward(
     min_p: float = 0.0,
     prefix: torch.Tensor | None = None,
     device: torch.device | str | None = None,
+    length: int | None = None,
 ) -> torch.Tensor:
     """`sample_codes` without the KV cache: the whole forward pass is recomputed at every step.
 
@@ -314,7 +334,7 @@ def sample_codes_full_forward(
     testing the cache and the seed-style baseline of bench/sampling_bench.py.
     """
     return _sample(
-        _full_forward_logits, prior, num_sequences, seeds, temperature, top_k, top_p, min_p, prefix, device
+        _full_forward_logits, prior, num_sequences, seeds, temperature, top_k, top_p, min_p, prefix, device, length
     )
 
 

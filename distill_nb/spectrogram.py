@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from distill_nb.checks import config_from_dict, finite_float, integer_at_least
+from distill_nb.checks import check_int, check_real, config_from_dict
 from distill_nb.inversion import InversionBases, InversionSettings, invert_mel
 
 __all__ = ["CHUNK_SECONDS", "SpectrogramConfig", "Spectrogram", "mel_filterbank"]
@@ -53,22 +53,22 @@ class SpectrogramConfig:
     def __post_init__(self) -> None:
         # Normalise numeric types (numpy scalars, ints for floats) so to_dict() is JSON-safe.
         set_field = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
-        set_field("sample_rate", integer_at_least(self.sample_rate, "sample_rate", 1))
-        set_field("n_fft", integer_at_least(self.n_fft, "n_fft", 1))
+        set_field("sample_rate", check_int("sample_rate", self.sample_rate, 1))
+        set_field("n_fft", check_int("n_fft", self.n_fft, 1))
         if self.n_fft < 16:
             raise ValueError(f"n_fft must be >= 16, got {self.n_fft}")
-        set_field("hop_length", integer_at_least(self.hop_length, "hop_length", 1))
+        set_field("hop_length", check_int("hop_length", self.hop_length, 1))
         if self.hop_length > self.n_fft // 2:
             raise ValueError(f"hop_length must be in [1, n_fft // 2 = {self.n_fft // 2}], got {self.hop_length}")
-        set_field("n_mels", integer_at_least(self.n_mels, "n_mels", 1))
+        set_field("n_mels", check_int("n_mels", self.n_mels, 1))
         if self.n_mels > self.n_fft // 2 + 1:
             raise ValueError(f"n_mels must be in [1, n_fft // 2 + 1 = {self.n_fft // 2 + 1}], got {self.n_mels}")
         nyquist = self.sample_rate / 2
         if self.f_max is not None:
-            set_field("f_max", finite_float(self.f_max, "f_max"))
+            set_field("f_max", check_real("f_max", self.f_max))
             if not 0.0 < self.f_max <= nyquist:
                 raise ValueError(f"f_max must be in (0, sample_rate / 2 = {nyquist}] or None, got {self.f_max}")
-        set_field("f_min", finite_float(self.f_min, "f_min"))
+        set_field("f_min", check_real("f_min", self.f_min))
         top = nyquist if self.f_max is None else self.f_max
         if not 0.0 <= self.f_min < top:
             raise ValueError(f"f_min must be in [0, {top}) (below f_max), got {self.f_min}")
@@ -76,7 +76,7 @@ class SpectrogramConfig:
             raise ValueError(f"mel_scale must be 'htk' or 'slaney', got {self.mel_scale!r}")
         if self.mel_norm not in (None, "slaney"):
             raise ValueError(f"mel_norm must be None or 'slaney', got {self.mel_norm!r}")
-        set_field("log_floor", finite_float(self.log_floor, "log_floor"))
+        set_field("log_floor", check_real("log_floor", self.log_floor))
         if self.log_floor <= 0:
             raise ValueError(f"log_floor must be > 0, got {self.log_floor}")
 
@@ -117,12 +117,12 @@ class Spectrogram:
 
     def get_mel_shape(self, num_samples: int) -> tuple[int, int]:
         """(n_mels, frames) of the mel of ``num_samples`` samples; frames = 1 + num_samples // hop."""
-        num_samples = integer_at_least(num_samples, "num_samples", 1)
+        num_samples = check_int("num_samples", num_samples, 1)
         return self.config.n_mels, 1 + num_samples // self.config.hop_length
 
     def get_latent_shape(self, num_samples: int, downsample: int = 16) -> tuple[int, int]:
         """(H, W) latent grid of a mel padded up to multiples of ``downsample``: 48000 -> (8, 6)."""
-        downsample = integer_at_least(downsample, "downsample", 1)
+        downsample = check_int("downsample", downsample, 1)
         n_mels, frames = self.get_mel_shape(num_samples)
         return math.ceil(n_mels / downsample), math.ceil(frames / downsample)
 

@@ -28,9 +28,11 @@ from matplotlib.figure import Figure
 
 from .analysis import code_histograms, js_divergence, level_statistics
 from .audio import save_audio
-from .generation import MODES, GenerationResult, GenerationSettings, Progress, generate
+from .generation import MODES, GenerationResult, GenerationSettings, generate
+from .loudness import NORMALISATIONS
 from .model_file import LoadedVQModel, load_default_model
 from .plots import plot_code_histograms, plot_spectrogram
+from .progress import Progress
 
 # The seed box's range: generation accepts seeds up to 2**63, but a widget's number crosses
 # JavaScript, whose integers are exact only up to 2**53; 2**31 seeds are plenty to explore.
@@ -47,8 +49,8 @@ class GeneratorPanel:
     Display it as a cell's value (or ``display(panel)``); ``panel.widget`` is its root VBox.
 
     Controls: temperature (0.1-2.0), top-k (0-512, 0 = off), top-p (0-1, 0 = off), min-p (0-1,
-    0 = off), duration (1-30 s), crossfade (0-200 ms, "independent" mode only), mode, seed (with a
-    button that draws a fresh one from the OS). Their ranges make an invalid call impossible.
+    0 = off), duration (1-30 s), crossfade (0-200 ms, "independent" mode only), mode, level normalisation
+    (peak by default), seed (with a button that draws a fresh one from the OS). Their ranges make an invalid call impossible.
 
     Generate shows the take's player, its spectrogram (seams dashed), its code histogram per level
     (against the training codes when the model carries them) and per-level statistics; the take is
@@ -80,6 +82,9 @@ class GeneratorPanel:
                                            description="Crossfade (ms)", style=_WIDE_LABEL)
         self.mode = widgets.ToggleButtons(options=list(MODES), value=GenerationSettings.mode, description="Mode",
                                           style=_WIDE_LABEL)
+        self.normalise = widgets.ToggleButtons(options=list(NORMALISATIONS), value=GenerationSettings.normalise,
+                                               description="Level", style=_WIDE_LABEL,
+                                               tooltips=["loudest sample at -1 dBFS", "RMS at -20 dBFS", "as made"])
         self.seed = widgets.BoundedIntText(value=seed, min=0, max=MAX_SEED, description="Seed",
                                            style=_WIDE_LABEL)
         self.randomize_button = widgets.Button(description="Random seed", icon="random",
@@ -113,7 +118,7 @@ class GeneratorPanel:
         )
         controls = widgets.HBox([
             widgets.VBox([self.temperature, self.top_k, self.top_p, self.min_p]),
-            widgets.VBox([self.duration, self.crossfade, self.mode,
+            widgets.VBox([self.duration, self.crossfade, self.mode, self.normalise,
                           widgets.HBox([self.seed, self.randomize_button])]),
         ])
         self.widget = widgets.VBox([
@@ -138,6 +143,7 @@ class GeneratorPanel:
             overlap_samples=round(self.crossfade.value * self.loaded.sample_rate / 1000),
             mode=self.mode.value,
             griffin_lim_iters=self.griffin_lim_iters,
+            normalise=self.normalise.value,
         )
 
     def generate(self) -> GenerationResult | None:
@@ -266,7 +272,7 @@ class CompareGrid:
         codebook_size = self.loaded.vqvae_config.codebook_size
         train_counts = self.loaded.train_code_counts
         for i, (label, settings) in enumerate(zip(self.labels, self.settings)):
-            column_progress = None if progress is None else _scaled(progress, i, len(self.settings))
+            column_progress = None if progress is None else _column_progress(progress, i, len(self.settings))
             take = generate(self.loaded, settings, seed=seed, progress=column_progress)
             histograms = code_histograms(take.codes, codebook_size)
             figure = plot_code_histograms(histograms, reference=train_counts, title=label)
@@ -363,7 +369,7 @@ def _difference_labels(settings: list[GenerationSettings]) -> list[str]:
     return [", ".join(f"{name}={d[name]}" for name in varying) for d in dicts]
 
 
-def _scaled(progress: Progress, index: int, count: int) -> Progress:
+def _column_progress(progress: Progress, index: int, count: int) -> Progress:
     """Map one column's progress into its share [index / count, (index + 1) / count] of the whole."""
     def report(fraction: float, message: str) -> None:
         progress((index + fraction) / count, f"setting {index + 1}/{count}: {message}")

@@ -6,15 +6,21 @@ import numpy as np
 import pytest
 import torch
 
+from distill_nb.geometry import ChunkGeometry
 from distill_nb.model_file import LoadedVQModel
 from distill_nb.prior import CodePrior, PriorConfig
 from distill_nb.spectrogram import Spectrogram, SpectrogramConfig
 from distill_nb.vqvae import ConvVQVAE, VQVAEConfig
 
-# The tiny model: 8 kHz chunks of 8000 samples, hop 64 -> 126 frames, 32 mels -> a 2 x 8 grid (H x W),
-# 2 levels -> 32 tokens per chunk. A grid column is 16 * 64 = 1024 samples.
+# The tiny model: 8 kHz chunks of 8000 samples, hop 64 -> 126 frames, 32 mels; 8x frequency and 16x time
+# downsampling -> a 4 x 8 grid (rows x columns), 2 levels -> 64 tokens per chunk, windows of 2 chunks.
+# A grid column is 16 * 64 = 1024 samples.
 TINY_SR = 8000
-TINY_H, TINY_W, TINY_Q, TINY_K = 2, 8, 2, 16
+TINY_H, TINY_W, TINY_Q, TINY_K = 4, 8, 2, 16
+TINY_VQVAE = VQVAEConfig(n_mels=32, channels=(4, 4, 4, 4), strides=((2, 2), (2, 2), (2, 2), (1, 2)), res_blocks=1,
+                         code_dim=8, levels=TINY_Q, codebook_size=TINY_K, kmeans_init=False)
+TINY_SPECTROGRAM = SpectrogramConfig(sample_rate=TINY_SR, n_fft=256, hop_length=64, n_mels=32)
+TINY_GEOMETRY = ChunkGeometry.of(TINY_SPECTROGRAM, TINY_VQVAE)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -31,13 +37,11 @@ def tiny_model(with_counts: bool = False) -> LoadedVQModel:
     """A random-init model of the geometry above, the same on every call."""
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = ConvVQVAE(VQVAEConfig(n_mels=32, channels=(4, 4, 4, 4), code_dim=8, num_quantizers=TINY_Q,
-                                      codebook_size=TINY_K, kmeans_init=False))
-        prior = CodePrior(PriorConfig(codebook_size=TINY_K, num_quantizers=TINY_Q, seq_len=TINY_H * TINY_W * TINY_Q,
-                                      d_model=16, n_layers=1, n_heads=2, dropout=0.0))
-    spectrogram = Spectrogram(SpectrogramConfig(sample_rate=TINY_SR, n_fft=256, hop_length=64, n_mels=32))
+        model = ConvVQVAE(TINY_VQVAE)
+        prior = CodePrior(PriorConfig.for_vqvae(TINY_GEOMETRY, TINY_K, 2 * TINY_W, d_model=16, n_layers=1,
+                                                n_heads=2, dropout=0.0))
     counts = torch.arange(1, TINY_Q * TINY_K + 1, dtype=torch.long).view(TINY_Q, TINY_K) if with_counts else None
-    return LoadedVQModel(model=model.eval(), prior=prior.eval(), spectrogram=spectrogram,
+    return LoadedVQModel(vqvae=model.eval(), prior=prior.eval(), spectrogram=Spectrogram(TINY_SPECTROGRAM),
                          device=torch.device("cpu"), metadata={"name": "tiny"}, train_code_counts=counts)
 
 

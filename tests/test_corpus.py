@@ -126,28 +126,6 @@ def _small_corpus() -> Corpus:
     return Corpus(RATE, train, val, ["a.wav", "short.wav"], ["v.wav"])
 
 
-def test_random_chunks_are_slices_padded_and_reproducible():
-    corpus = _small_corpus()
-    chunks = corpus.random_chunks(32, torch.Generator().manual_seed(1))
-    assert chunks.shape == (32, RATE) and chunks.dtype == torch.float32
-    again = corpus.random_chunks(32, torch.Generator().manual_seed(1))
-    assert torch.equal(chunks, again)
-    other = corpus.random_chunks(32, torch.Generator().manual_seed(2))
-    assert not torch.equal(chunks, other)
-    long_file, short_file = corpus.train_audio
-    offsets = set()
-    for chunk in chunks.numpy():
-        if np.array_equal(chunk[:len(short_file)], short_file):
-            assert np.all(chunk[len(short_file):] == 0)  # shorter than a chunk: zero-padded
-            continue
-        (offset,) = np.flatnonzero(long_file == chunk[0])  # random samples: the first one is unique
-        np.testing.assert_array_equal(chunk, long_file[offset:offset + RATE])
-        offsets.add(int(offset))
-    assert len(offsets) > 5  # random offsets, not a fixed grid
-    with pytest.raises(ValueError, match="split"):
-        corpus.random_chunks(2, torch.Generator(), split="test")
-
-
 def test_fixed_chunks_tile_validation_deterministically():
     corpus = _small_corpus()
     chunks = corpus.fixed_chunks("val")

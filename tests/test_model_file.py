@@ -22,10 +22,10 @@ from distill_nb.prior import CodePrior, PriorConfig
 from distill_nb.spectrogram import Spectrogram, SpectrogramConfig
 from distill_nb.vqvae import ConvVQVAE, VQVAEConfig
 
-TINY_VQ = VQVAEConfig(n_mels=32, channels=(8, 8, 16, 16), code_dim=8, codebook_size=16,
-                      input_mean=-6.0, input_std=4.0)
-# 1 s at 48 kHz, hop 512 -> 94 frames -> a 2 x 6 grid of 3 levels -> 36 tokens.
-TINY_PRIOR = PriorConfig(codebook_size=16, num_quantizers=3, seq_len=36, d_model=16, n_layers=1, n_heads=2,
+TINY_VQ = VQVAEConfig(n_mels=32, channels=(8, 8, 16, 16), strides=((2, 2), (2, 2), (2, 2), (1, 2)), res_blocks=1,
+                      code_dim=8, levels=3, codebook_size=16, input_mean=-6.0, input_std=4.0)
+# 1 s at 48 kHz, hop 512 -> 94 frames -> a 4 x 6 grid of 3 levels: 12 tokens a column, windows of 2 chunks.
+TINY_PRIOR = PriorConfig(codebook_size=16, levels=3, column_tokens=12, seq_len=144, d_model=16, n_layers=1, n_heads=2,
                          dropout=0.0)
 
 
@@ -45,7 +45,7 @@ def loaded() -> LoadedVQModel:
         model(mels(8, seed=1))
     model.eval()
     counts = torch.randint(0, 100, (3, 16), generator=torch.Generator().manual_seed(2))
-    return LoadedVQModel(model=model, prior=prior, spectrogram=Spectrogram(SpectrogramConfig(n_mels=32)),
+    return LoadedVQModel(vqvae=model, prior=prior, spectrogram=Spectrogram(SpectrogramConfig(n_mels=32)),
                          device=torch.device("cpu"),
                          metadata={"name": "tiny", "training": {"epochs": 1, "loss": 0.5}, "date": "2024-01-01"},
                          train_code_counts=counts)
@@ -71,11 +71,11 @@ def rewrite(source: Path, target: Path, *, metadata=None, tensors=None) -> Path:
 def test_round_trip_is_bit_exact(loaded, saved):
     restored = load_model(saved)
     mel = mels(2, seed=3)
-    codes = loaded.model.encode(mel)
+    codes = loaded.vqvae.encode(mel)
     assert len(codes.unique()) > 3
-    assert torch.equal(restored.model.encode(mel), codes)
+    assert torch.equal(restored.vqvae.encode(mel), codes)
     with torch.no_grad():
-        assert torch.equal(restored.model.decode_codes(codes, 94), loaded.model.decode_codes(codes, 94))
+        assert torch.equal(restored.vqvae.decode_codes(codes, 94), loaded.vqvae.decode_codes(codes, 94))
         tokens = codes.reshape(2, -1)
         assert torch.equal(restored.prior(tokens), loaded.prior(tokens))
     assert torch.equal(restored.train_code_counts, loaded.train_code_counts)
@@ -84,17 +84,17 @@ def test_round_trip_is_bit_exact(loaded, saved):
     assert restored.vqvae_config == TINY_VQ and restored.prior_config == TINY_PRIOR
     assert restored.spectrogram_config == loaded.spectrogram_config
     assert (restored.sample_rate, restored.chunk_samples) == (48000, 48000)
-    assert not restored.model.training and not restored.prior.training
-    for key, value in loaded.model.state_dict().items():
-        assert torch.equal(restored.model.state_dict()[key], value), key
+    assert not restored.vqvae.training and not restored.prior.training
+    for key, value in loaded.vqvae.state_dict().items():
+        assert torch.equal(restored.vqvae.state_dict()[key], value), key
 
 
 def test_file_is_plain_safetensors_with_the_documented_layout(saved):
     with safetensors.safe_open(str(saved), framework="pt") as f:
         meta, keys = f.metadata(), set(f.keys())
-    assert meta["format"] == "distill_nb.model" and meta["format_version"] == "1"
+    assert meta["format"] == "distill_nb.model" and meta["format_version"] == "2"
     assert json.loads(meta["vqvae_config"])["channels"] == [8, 8, 16, 16]
-    assert json.loads(meta["prior_config"])["seq_len"] == 36
+    assert json.loads(meta["prior_config"])["seq_len"] == 144
     assert json.loads(meta["spectrogram_config"])["n_mels"] == 32
     assert json.loads(meta["metadata"])["name"] == "tiny"
     assert "stats.train_code_counts" in keys
@@ -109,21 +109,21 @@ def test_saved_file_gets_ordinary_permissions(saved):
 
 
 def test_model_without_prior_or_counts_round_trips(loaded, tmp_path):
-    alone = LoadedVQModel(model=loaded.model, prior=None, spectrogram=loaded.spectrogram,
+    alone = LoadedVQModel(vqvae=loaded.vqvae, prior=None, spectrogram=loaded.spectrogram,
                           device=torch.device("cpu"), metadata={})
     restored = load_model(save_model(alone, tmp_path / "alone.distill"))
     assert restored.prior is None and restored.prior_config is None and restored.train_code_counts is None
     with safetensors.safe_open(str(tmp_path / "alone.distill"), framework="pt") as f:
         assert "prior_config" not in f.metadata()
     mel = mels(1, seed=4)
-    assert torch.equal(restored.model.encode(mel), loaded.model.encode(mel))
+    assert torch.equal(restored.vqvae.encode(mel), loaded.vqvae.encode(mel))
 
 
 @pytest.mark.parametrize("device", ["cpu", torch.device("cpu")])
 def test_device_argument(saved, device):
     restored = load_model(saved, device=device)
     assert restored.device == torch.device("cpu")
-    assert all(p.device == torch.device("cpu") for p in restored.model.parameters())
+    assert all(p.device == torch.device("cpu") for p in restored.vqvae.parameters())
     assert all(p.device == torch.device("cpu") for p in restored.prior.parameters())
 
 
@@ -134,27 +134,28 @@ def test_load_leaves_the_global_rng_alone(saved):
 
 
 def test_save_rejects_unserialisable_metadata(loaded, tmp_path):
-    bad = LoadedVQModel(model=loaded.model, prior=None, spectrogram=loaded.spectrogram,
+    bad = LoadedVQModel(vqvae=loaded.vqvae, prior=None, spectrogram=loaded.spectrogram,
                         device=torch.device("cpu"), metadata={"when": object()})
     with pytest.raises(ValueError, match="metadata"):
         save_model(bad, tmp_path / "bad.distill")
     with pytest.raises(ValueError, match="metadata"):
-        save_model(LoadedVQModel(loaded.model, None, loaded.spectrogram, torch.device("cpu"), {"x": math.nan}),
+        save_model(LoadedVQModel(loaded.vqvae, None, loaded.spectrogram, torch.device("cpu"), {"x": math.nan}),
                    tmp_path / "bad.distill")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_save_rejects_parts_that_do_not_fit(loaded, tmp_path):
-    prior = CodePrior(PriorConfig(codebook_size=16, seq_len=48, d_model=16, n_layers=1, n_heads=2))
-    with pytest.raises(ValueError, match="seq_len"):
-        save_model(LoadedVQModel(loaded.model, prior, loaded.spectrogram, torch.device("cpu"), {}),
+    prior = CodePrior(PriorConfig(codebook_size=16, levels=3, column_tokens=6, seq_len=48, d_model=16, n_layers=1,
+                                  n_heads=2))
+    with pytest.raises(ValueError, match="column_tokens"):
+        save_model(LoadedVQModel(loaded.vqvae, prior, loaded.spectrogram, torch.device("cpu"), {}),
                    tmp_path / "bad.distill")
     with pytest.raises(ValueError, match="n_mels"):
-        save_model(LoadedVQModel(loaded.model, None, Spectrogram(SpectrogramConfig(n_mels=64)),
+        save_model(LoadedVQModel(loaded.vqvae, None, Spectrogram(SpectrogramConfig(n_mels=64)),
                                  torch.device("cpu"), {}),
                    tmp_path / "bad.distill")
     with pytest.raises(ValueError, match="train_code_counts"):
-        save_model(LoadedVQModel(loaded.model, None, loaded.spectrogram, torch.device("cpu"), {},
+        save_model(LoadedVQModel(loaded.vqvae, None, loaded.spectrogram, torch.device("cpu"), {},
                                  train_code_counts=torch.zeros(3, 15, dtype=torch.long)),
                    tmp_path / "bad.distill")
     assert list(tmp_path.iterdir()) == []
@@ -170,7 +171,7 @@ def test_crash_mid_write_keeps_the_previous_file(loaded, tmp_path, monkeypatch, 
 
     target = {"serialise": (safetensors.torch, "save"), "fsync": (os, "fsync"), "replace": (os, "replace")}[crash]
     monkeypatch.setattr(*target, boom)
-    changed = LoadedVQModel(loaded.model, None, loaded.spectrogram, torch.device("cpu"), {"name": "new"})
+    changed = LoadedVQModel(loaded.vqvae, None, loaded.spectrogram, torch.device("cpu"), {"name": "new"})
     with pytest.raises(OSError, match="simulated crash"):
         save_model(changed, path)
     monkeypatch.undo()
@@ -253,7 +254,8 @@ def put(key, value):
 @pytest.mark.parametrize("metadata, tensors, message", [
     (put("format", "someone.else"), None, "unknown format 'someone.else'"),
     (drop("format"), None, "unknown format None"),
-    (put("format_version", "2"), None, "unsupported format_version '2'"),
+    (put("format_version", "3"), None, "unsupported format_version '3'"),
+    (put("format_version", "1"), None, "a format 1 model.*retrain"),
     (drop("vqvae_config"), None, "no vqvae_config"),
     (put("vqvae_config", "{not json"), None, "invalid vqvae_config"),
     (put("vqvae_config", json.dumps({**TINY_VQ.to_dict(), "code_dim": 0})), None, "invalid vqvae_config.*code_dim"),
@@ -261,14 +263,14 @@ def put(key, value):
     (put("prior_config", "[1, 2]"), None, "invalid prior_config"),
     (put("metadata", "[]"), None, "metadata must be a JSON object"),
     (put("metadata", "{"), None, "invalid metadata"),
-    (None, drop("vqvae.encoder.0.0.weight"), "missing tensor vqvae.encoder.0.0.weight"),
+    (None, drop("vqvae.encoder.0.weight"), "missing tensor vqvae.encoder.0.weight"),
     (None, put("prior.head.bias", torch.zeros(17)), r"prior.head.bias has shape \(17,\).*expected shape \(16,\)"),
     (None, put("prior.head.bias", torch.zeros(16).double()), "prior.head.bias.*float64"),
     (None, put("vqvae.extra", torch.zeros(1)), "unexpected tensors.*vqvae.extra"),
     (drop("prior_config"), None, r"unexpected tensors.*'prior\."),
     (None, put("stats.train_code_counts", torch.zeros(3, 16)), "train_code_counts"),
-    # A 2 x 12 grid at hop 256 needs 72 tokens; the prior was built for 36.
-    (put("spectrogram_config", json.dumps({"n_mels": 32, "hop_length": 256})), None, "seq_len"),
+    # A prior over codes of one level cannot read the VQ-VAE's three (the tensors would still fit).
+    (put("prior_config", json.dumps({**TINY_PRIOR.to_dict(), "levels": 1})), None, "prior levels=1"),
 ], ids=lambda v: "" if callable(v) or v is None else v[:40])
 def test_edited_model_is_refused(saved, tmp_path, metadata, tensors, message):
     path = rewrite(saved, tmp_path / "edited.distill", metadata=metadata, tensors=tensors)

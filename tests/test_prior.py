@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
-from distill_nb.prior import (
-    CodePrior,
-    KVCache,
-    PriorConfig,
-    extract_code_sequences,
-    flatten_codes,
-    unflatten_codes,
-)
+from distill_nb.geometry import ChunkGeometry
+from distill_nb.kernels import PriorStep
+from distill_nb.prior import CodePrior, KVCache, PriorConfig, flatten_codes, unflatten_codes
 
-TINY = PriorConfig(codebook_size=16, num_quantizers=3, seq_len=24, d_model=32, n_layers=2, n_heads=4)
+# Windows of 4 columns of 2 rows x 3 levels: 24 tokens.
+TINY = PriorConfig(codebook_size=16, levels=3, column_tokens=6, seq_len=24, d_model=32, n_layers=2, n_heads=4)
 
 
 def make_prior(config: PriorConfig = TINY, seed: int = 0) -> CodePrior:
@@ -36,12 +31,22 @@ def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 def test_config_round_trips_through_dict():
-    config = PriorConfig(codebook_size=64, seq_len=48, d_model=64, dropout=0.0)
+    config = PriorConfig(codebook_size=64, levels=2, column_tokens=8, seq_len=48, d_model=64, dropout=0.0)
     assert PriorConfig.from_dict(config.to_dict()) == config
     assert config.to_dict() == {
-        "codebook_size": 64, "num_quantizers": 3, "seq_len": 48, "d_model": 64,
+        "codebook_size": 64, "levels": 2, "column_tokens": 8, "seq_len": 48, "d_model": 64,
         "n_layers": 4, "n_heads": 4, "dropout": 0.0,
     }
+    assert config.window_columns == 6
+
+
+def test_config_for_a_vqvae_counts_its_window_in_columns():
+    geometry = ChunkGeometry(chunk_samples=48000, hop_length=512, frames=94, rows=32, columns=6, levels=2,
+                             column_frames=16)
+    config = PriorConfig.for_vqvae(geometry, 256, 12, d_model=64)
+    assert (config.levels, config.column_tokens, config.seq_len, config.window_columns) == (2, 64, 768, 12)
+    with pytest.raises(ValueError, match="window_columns"):
+        PriorConfig.for_vqvae(geometry, 256, 0)
 
 
 @pytest.mark.parametrize(
@@ -50,32 +55,33 @@ def test_config_round_trips_through_dict():
         ({"codebook_size": 1}, ValueError, "codebook_size"),
         ({"codebook_size": 16.0}, TypeError, "codebook_size"),
         ({"codebook_size": True}, TypeError, "codebook_size"),
-        ({"codebook_size": 16, "num_quantizers": 0}, ValueError, "num_quantizers"),
-        ({"codebook_size": 16, "seq_len": 0}, ValueError, "seq_len"),
-        ({"codebook_size": 16, "seq_len": 25}, ValueError, "seq_len"),
-        ({"codebook_size": 16, "d_model": 30}, ValueError, "d_model"),
-        ({"codebook_size": 16, "n_layers": 0}, ValueError, "n_layers"),
-        ({"codebook_size": 16, "n_heads": -1}, ValueError, "n_heads"),
-        ({"codebook_size": 16, "dropout": 1.0}, ValueError, "dropout"),
-        ({"codebook_size": 16, "dropout": -0.1}, ValueError, "dropout"),
-        ({"codebook_size": 16, "dropout": "0.1"}, TypeError, "dropout"),
+        ({"levels": 0}, ValueError, "levels"),
+        ({"column_tokens": 7}, ValueError, "column_tokens"),
+        ({"seq_len": 0}, ValueError, "seq_len"),
+        ({"seq_len": 25}, ValueError, "seq_len"),
+        ({"d_model": 30}, ValueError, "d_model"),
+        ({"n_layers": 0}, ValueError, "n_layers"),
+        ({"n_heads": -1}, ValueError, "n_heads"),
+        ({"dropout": 1.0}, ValueError, "dropout"),
+        ({"dropout": -0.1}, ValueError, "dropout"),
+        ({"dropout": "0.1"}, TypeError, "dropout"),
     ],
 )
 def test_config_rejects_bad_fields_naming_them(kwargs, error, name):
     with pytest.raises(error, match=name):
-        PriorConfig(**kwargs)
+        PriorConfig(**{**TINY.to_dict(), **kwargs})
 
 
 def test_config_from_dict_rejects_unknown_and_missing_keys():
     with pytest.raises(ValueError, match="unknown keys.*vocab"):
         PriorConfig.from_dict({"codebook_size": 16, "vocab": 3})
     with pytest.raises(ValueError, match="codebook_size"):
-        PriorConfig.from_dict({"seq_len": 24})
+        PriorConfig.from_dict({"levels": 3, "column_tokens": 6, "seq_len": 24})
 
 
 def test_prior_exposes_its_config():
     prior = make_prior()
-    assert (prior.config, prior.seq_len, prior.codebook_size, prior.num_quantizers) == (TINY, 24, 16, 3)
+    assert (prior.config, prior.seq_len, prior.codebook_size, prior.levels) == (TINY, 24, 16, 3)
     with pytest.raises(TypeError, match="config"):
         CodePrior({"codebook_size": 16})
 
@@ -131,15 +137,16 @@ def test_a_prefix_fed_at_once_then_single_steps_equal_the_full_forward(prefix_le
 
 
 @pytest.mark.parametrize("prefix_length", [0, 5])
-def test_step_equals_next_logits_and_the_full_forward(prefix_length):
-    """step, the sampling loop's unchecked one-token path, computes what next_logits and forward do."""
+def test_the_fast_step_kernel_equals_next_logits_and_the_full_forward(prefix_length):
+    """kernels.PriorStep, the sampling loop's unchecked one-token path, computes what next_logits and forward do."""
     prior = make_prior()
     tokens = random_tokens(3, 24, seed=5)
     full = prior(tokens)
     stepped, checked = prior.new_cache(3), prior.new_cache(3)
+    step = PriorStep(prior)
     with torch.inference_mode():
         steps = [prior.next_logits(tokens[:, :prefix_length], stepped)]
-        steps += [prior.step(tokens[:, i - 1], stepped) for i in range(prefix_length + 1, 24)]
+        steps += [step(tokens[:, i - 1], stepped) for i in range(prefix_length + 1, 24)]
         prior.next_logits(tokens[:, :23], checked)
     assert relative_error(torch.stack(steps, dim=1), full[:, prefix_length:]) < 1e-5
     assert stepped.length == checked.length == 24
@@ -208,9 +215,23 @@ def test_training_mode_uses_dropout_and_eval_mode_does_not():
 
 
 def test_state_dict_holds_only_learned_tensors():
-    # The model file stores the state dict; the level table is derived from the config.
+    # The model file stores the state dict; the column and slot tables are derived from the config.
     names = set(make_prior().state_dict())
-    assert "levels" not in names and "start_token" in names and "head.weight" in names
+    assert not {"columns", "slots"} & names and "start_token" in names and "head.weight" in names
+
+
+def test_each_position_is_told_the_column_and_slot_of_the_token_it_predicts():
+    prior = make_prior()
+    assert prior.columns.tolist() == [i // 6 for i in range(24)]
+    assert prior.slots.tolist() == [i % 6 for i in range(24)]
+    # Moving the column embedding of column 2 changes the logits of positions 12..17 only.
+    tokens = random_tokens(1, 24, seed=6)
+    before = prior(tokens)
+    with torch.no_grad():
+        prior.column_embedding.weight[2] += torch.randn(32, generator=torch.Generator().manual_seed(0))  # LayerNorm removes a constant
+    after = prior(tokens)
+    assert torch.allclose(after[:, :12], before[:, :12], atol=1e-6)
+    assert not torch.allclose(after[:, 12:18], before[:, 12:18], atol=1e-3)
 
 
 # --- code layout -------------------------------------------------------------------------------------
@@ -235,42 +256,11 @@ def test_flatten_and_unflatten_are_inverses():
 
 
 def test_unflatten_and_flatten_reject_bad_shapes():
-    with pytest.raises(ValueError, match="not a multiple of num_quantizers=3"):
+    with pytest.raises(ValueError, match="not a multiple of levels=3"):
         unflatten_codes(torch.zeros(2, 10, dtype=torch.long), 3)
-    with pytest.raises(ValueError, match="num_quantizers"):
+    with pytest.raises(ValueError, match="levels"):
         unflatten_codes(torch.zeros(2, 9, dtype=torch.long), 0)
     with pytest.raises(ValueError, match="flat"):
         unflatten_codes(torch.zeros(9, dtype=torch.long), 3)
     with pytest.raises(ValueError, match="codes"):
         flatten_codes(torch.zeros(2, 9, dtype=torch.long))
-
-
-class FakeVQVAE(nn.Module):
-    """Stands in for ConvVQVAE: codes [B, 2, 3] made from each mel's mean, recording how it was called."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.scale = nn.Parameter(torch.ones(()))
-        self.calls: list[tuple[int, bool, bool]] = []
-
-    def encode(self, mel: torch.Tensor) -> torch.Tensor:
-        self.calls.append((len(mel), self.training, torch.is_grad_enabled()))
-        value = (mel * self.scale).mean(dim=(1, 2)).round().long()
-        return value[:, None, None] + torch.arange(6).reshape(1, 2, 3)
-
-
-def test_extract_code_sequences_encodes_in_batches_in_eval_mode():
-    vqvae = FakeVQVAE().train()
-    mels = torch.arange(5.0)[:, None, None].expand(5, 4, 7)
-    flat = extract_code_sequences(vqvae, mels, batch_size=2)
-    assert flat.dtype == torch.long and flat.shape == (5, 6)
-    assert torch.equal(flat, torch.arange(5)[:, None] + torch.arange(6))
-    assert vqvae.calls == [(2, False, False), (2, False, False), (1, False, False)]
-    assert vqvae.training  # restored
-
-
-def test_extract_code_sequences_validates_its_arguments():
-    with pytest.raises(ValueError, match="batch_size"):
-        extract_code_sequences(FakeVQVAE(), torch.zeros(2, 4, 7), batch_size=0)
-    with pytest.raises(ValueError, match="mels"):
-        extract_code_sequences(FakeVQVAE(), torch.zeros(4, 7))

@@ -18,7 +18,7 @@ from distill_nb.sampling import (
     sample_codes_full_forward,
 )
 
-TINY = PriorConfig(codebook_size=16, num_quantizers=3, seq_len=24, d_model=32, n_layers=2, n_heads=4)
+TINY = PriorConfig(codebook_size=16, levels=3, column_tokens=6, seq_len=24, d_model=32, n_layers=2, n_heads=4)
 INF = math.inf
 
 
@@ -340,6 +340,16 @@ def test_batched_rows_equal_rows_sampled_one_by_one(prior):
 def test_kv_cached_sampling_equals_full_forward_sampling(prior, kwargs):
     cached = sample_codes(prior, 2, [11, 12], **kwargs)
     assert torch.equal(cached, sample_codes_full_forward(prior, 2, [11, 12], **kwargs))
+    assert torch.equal(cached, sample_codes(prior, 2, [11, 12], fast_step=False, **kwargs))  # the reference step
+
+
+@pytest.mark.parametrize("length", [1, 7, 23])
+def test_a_shorter_length_samples_the_same_first_tokens(prior, length):
+    whole = sample_codes(prior, 2, [3, 4], top_p=0.8)
+    assert torch.equal(sample_codes(prior, 2, [3, 4], top_p=0.8, length=length), whole[:, :length])
+    prefix = whole[:, :5]
+    assert torch.equal(sample_codes(prior, 2, [3, 4], top_p=0.8, prefix=prefix, length=max(length, 5)),
+                       whole[:, :max(length, 5)])
 
 
 def test_top_k_one_is_greedy_and_ignores_the_seed(prior):
@@ -385,7 +395,7 @@ def test_prefix_is_kept_and_continues_like_the_unprimed_sample(prior):
 @pytest.mark.parametrize("level", [0, 1, 2])
 def test_per_level_temperature_applies_to_its_level_only(prior, level):
     temperature = [1.0, 1.0, 1.0]
-    temperature[level] = 1e-3  # effectively argmax at this level
+    temperature[level] = 1e-5  # effectively argmax at this level (logit margins here are >= ~1e-4)
     codes = sample_codes(prior, 8, list(range(8)), temperature=temperature, top_p=0.0)
     with torch.no_grad():
         is_argmax = codes == prior(codes).argmax(dim=-1)
@@ -432,6 +442,10 @@ def test_sampling_leaves_the_global_rng_alone(prior):
         ({"prefix": torch.zeros(2, 25, dtype=torch.long)}, ValueError, "seq_len=24"),
         ({"prefix": torch.full((2, 3), 16)}, ValueError, r"prefix codes must lie in \[0, codebook_size=16\)"),
         ({"device": "meta"}, ValueError, r"device must be the prior's device \(cpu\)"),
+        ({"length": 0}, ValueError, r"length must be an int in \[1, 24\]"),
+        ({"length": 25}, ValueError, r"length must be an int in \[1, 24\]"),
+        ({"length": 2, "prefix": torch.zeros(2, 3, dtype=torch.long)}, ValueError, r"length must be an int in \[3, 24\]"),
+        ({"length": 2.0}, TypeError, "length"),
     ],
 )
 def test_sample_codes_rejects_bad_inputs_naming_them(prior, kwargs, error, match):

@@ -19,24 +19,30 @@ import torch
 from distill_nb import cli
 from distill_nb.corpus import build_corpus, demo_corpus, write_demo_folder
 from distill_nb.model_file import load_model, save_model
+from distill_nb.geometry import ChunkGeometry
 from distill_nb.prior import PriorConfig
 from distill_nb.spectrogram import Spectrogram, SpectrogramConfig
-from distill_nb.training import (
-    CheckpointError,
-    EpochRecord,
-    TrainingHistory,
-    _memorisation_warning,
-    read_checkpoint,
+from distill_nb.stages import (
+    code_stream,
+    estimate_training_seconds,
+    file_mels,
+    memorisation_warning,
+    random_mel_windows,
+    random_token_windows,
     train_model,
     train_prior,
     train_vqvae,
 )
+from distill_nb.training import CheckpointError, EpochRecord, TrainingHistory, read_checkpoint
 from distill_nb.vqvae import VQVAEConfig
 
-# A tiny world: 16 kHz, 16 mel bands, 63 frames -> a 1 x 4 grid, 3 levels, 8 codes, 12 tokens per chunk.
+# A tiny world: 16 kHz, 16 mel bands, 63 frames -> a 2 x 4 grid (8x frequency, 16x time), 3 levels, 8 codes,
+# 6 tokens per column; prior windows of 2 chunks (8 columns, 48 tokens).
 SPEC = Spectrogram(SpectrogramConfig(sample_rate=16000, n_fft=512, hop_length=256, n_mels=16))
-VQ = VQVAEConfig(n_mels=16, channels=(4, 8, 8, 8), code_dim=8, codebook_size=8)
-PRIOR = PriorConfig(codebook_size=8, num_quantizers=3, seq_len=12, d_model=16, n_layers=1, n_heads=2, dropout=0.1)
+VQ = VQVAEConfig(n_mels=16, channels=(4, 8, 8, 8), strides=((2, 2), (2, 2), (2, 2), (1, 2)), res_blocks=1,
+                 code_dim=8, levels=3, codebook_size=8)
+GEOMETRY = ChunkGeometry.of(SPEC.config, VQ)
+PRIOR = PriorConfig.for_vqvae(GEOMETRY, 8, 2 * GEOMETRY.columns, d_model=16, n_layers=1, n_heads=2, dropout=0.1)
 FAST = dict(spectrogram=SPEC, steps_per_epoch=4, batch_size=4)
 
 
@@ -84,6 +90,7 @@ def test_vqvae_training_lowers_the_loss_and_leaves_the_global_rng_alone(corpus):
     assert not model.training
     assert model.config.input_mean < -1 and model.config.input_std > 0.5  # log-mel statistics, not defaults
     assert len(history.codebook_health) == 3 and len(history.epochs[0].codebook_utilisation) == 3
+    assert all(0 < r.val_spectral_convergence < 10 for r in history.epochs)
     fractions = [f for f, _ in calls]
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
     assert any("VQ-VAE epoch 4/4" in m for _, m in calls)
@@ -164,7 +171,7 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(corpus, tmp_pat
 
 
 def test_low_codebook_utilisation_warns(corpus):
-    # 2 chunks x 4 positions = 8 vectors per batch for 64 codes: most codes stay below the dead threshold.
+    # 2 chunks x 8 positions = 16 vectors per batch for 64 codes: most codes stay below the dead threshold.
     big_codebook = dataclasses.replace(VQ, codebook_size=64)
     with pytest.warns(RuntimeWarning, match=r"codebook level \d uses only"):
         _, history = train_vqvae(corpus, big_codebook, epochs=1, spectrogram=SPEC, steps_per_epoch=3, batch_size=2)
@@ -177,23 +184,23 @@ def test_memorisation_warning_rule():
                                train_perplexity=t, val_perplexity=v) for i, (t, v) in enumerate(zip(train_ppl, val_ppl))]
         return TrainingHistory(stage="prior", epochs=records, best_epoch=1)
 
-    assert _memorisation_warning(history([3.0, 2.0, 1.6], [3.5, 3.2, 3.4])) is None
-    message = _memorisation_warning(history([3.0, 1.8, 1.3], [3.5, 3.2, 4.1]))
+    assert memorisation_warning(history([3.0, 2.0, 1.6], [3.5, 3.2, 3.4])) is None
+    message = memorisation_warning(history([3.0, 1.8, 1.3], [3.5, 3.2, 4.1]))
     assert "epoch 3" in message and "1.30" in message and "4.10" in message
 
 
 def test_train_model_fills_metadata_saves_and_resumes_in_the_prior_stage(corpus, tmp_path):
-    settings = dict(vqvae_epochs=1, prior_epochs=2, name="tiny", **FAST)
+    settings = dict(vqvae_epochs=1, prior_epochs=2, name="tiny", measure_quality=False, **FAST)
     loaded, histories = train_model(corpus, VQ, PRIOR, **settings)
     assert set(histories) == {"vqvae", "prior"}
     meta = loaded.metadata
     assert meta["name"] == "tiny" and re.match(r"\d{4}-\d\d-\d\dT", meta["created"])
     assert meta["training"]["vqvae"]["epochs"][0]["epoch"] == 1
-    assert meta["training"]["corpus"]["files"] == 10
+    assert meta["training"]["corpus"]["files"] == 10 and "quality" not in meta
     counts = loaded.train_code_counts
-    n_chunks = len(corpus.fixed_chunks("train"))
+    frames = sum(1 + len(a) // 256 for a in corpus.train_audio)  # the training files as one stream
     assert counts.shape == (3, 8) and counts.dtype == torch.long
-    assert torch.all(counts.sum(dim=1) == n_chunks * 4)  # 4 positions per chunk, every level
+    assert torch.all(counts.sum(dim=1) == math.ceil(frames / 16) * 2)  # 2 rows per column, every level
     again = load_model(save_model(loaded, tmp_path / "tiny.distill"))
     assert again.metadata == meta and torch.equal(again.train_code_counts, counts)
 
@@ -203,7 +210,7 @@ def test_train_model_fills_metadata_saves_and_resumes_in_the_prior_stage(corpus,
                     **settings)
     assert read_checkpoint(path).stage == "prior"
     resumed, resumed_histories = train_model(corpus, VQ, PRIOR, checkpoint_path=path, resume=path, **settings)
-    _assert_same_state(_state(loaded.model), _state(resumed.model))
+    _assert_same_state(_state(loaded.vqvae), _state(resumed.vqvae))
     _assert_same_state(_state(loaded.prior), _state(resumed.prior))
     assert resumed_histories["vqvae"].epochs[0].val_loss == histories["vqvae"].epochs[0].val_loss
 
@@ -221,19 +228,21 @@ DDP_SCRIPT = """
     from distill_nb.corpus import demo_corpus
     from distill_nb.model_file import save_model
     from distill_nb.prior import PriorConfig
-    from distill_nb.training import is_main_process, train_model
+    from distill_nb.stages import train_model
+    from distill_nb.training import is_main_process
     from distill_nb.vqvae import VQVAEConfig
 
     out, digest_dir = sys.argv[1], sys.argv[2]
     spec = Spectrogram(SpectrogramConfig(sample_rate=16000, n_fft=512, hop_length=256, n_mels=16))
     corpus = demo_corpus(seed=0, seconds=40.0, sample_rate=16000)
     loaded, _ = train_model(
-        corpus, VQVAEConfig(n_mels=16, channels=(4, 8, 8, 8), code_dim=8, codebook_size=8),
-        PriorConfig(codebook_size=8, seq_len=12, d_model=16, n_layers=1, n_heads=2),
+        corpus, VQVAEConfig(n_mels=16, channels=(4, 8, 8, 8), strides=((2, 2), (2, 2), (2, 2), (1, 2)), res_blocks=1,
+                            code_dim=8, levels=3, codebook_size=8),
+        PriorConfig(codebook_size=8, levels=3, column_tokens=6, seq_len=48, d_model=16, n_layers=1, n_heads=2),
         vqvae_epochs=1, prior_epochs=1, spectrogram=spec, steps_per_epoch=3, batch_size=4,
-        checkpoint_path=out + "/run.ckpt")
+        checkpoint_path=out + "/run.ckpt", measure_quality=False)
     digest = hashlib.sha256()
-    for module in (loaded.model, loaded.prior):
+    for module in (loaded.vqvae, loaded.prior):
         for key, value in sorted(module.state_dict().items()):
             digest.update(key.encode() + value.numpy().tobytes())
     # A file per rank, not stdout: the ranks share torchrun's stdout, and a test that reads it once lost a line.
@@ -286,25 +295,30 @@ def test_a_folder_of_good_and_bad_files_trains_on_the_good_ones(tmp_path):
     assert sorted(set(corpus.train_files + corpus.val_files)) == [
         "low_rate.wav", "phrase_000.wav", "phrase_001.wav", "phrase_002.wav", "stereo.wav"]
     assert sorted(item.path for item in corpus.skipped) == ["corrupt.flac", "empty.wav", "silent.wav", "text.wav"]
-    loaded, histories = train_model(corpus, VQ, PRIOR, vqvae_epochs=1, prior_epochs=1, **FAST)
+    loaded, histories = train_model(corpus, VQ, PRIOR, vqvae_epochs=1, prior_epochs=1, measure_quality=False, **FAST)
     assert math.isfinite(histories["prior"].epochs[0].val_loss)
     assert loaded.metadata["training"]["corpus"]["skipped"] == 4
 
 
 def test_cli_train_then_info(sound_folder, tmp_path, capsys):
     out = tmp_path / "model.distill"
-    code = cli.main(["train", str(sound_folder), "-o", str(out), "--config", "small", "--epochs", "1",
+    code = cli.main(["train", str(sound_folder), "-o", str(out), "--preset", "small", "--epochs", "1",
                      "--prior-epochs", "1", "--steps-per-epoch", "2", "--batch-size", "2"])
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "broken.wav: could not be read" in printed and "quiet.wav: silent" in printed
+    assert re.search(r"preset 'small' on \d+ threads: training takes about \d+ min", printed)
     assert "VQ-VAE" in printed and "perplexity" in printed and "codebook level 0" in printed
+    assert "spectral convergence" in printed and "feature distance to the corpus" in printed
     assert out.is_file() and (tmp_path / "model.ckpt").is_file()
 
     assert cli.main(["info", str(out)]) == 0
     info = capsys.readouterr().out
     assert "model.distill" in info and "parameters" in info and "codebook_size=16" in info
-    assert "level 2:" in info and "prior:" in info
+    assert "level 1:" in info and "prior:" in info
+    assert re.search(r"reconstruction of held-out audio: spectral convergence \d\.\d{3} "
+                     r"\(Griffin-Lim ceiling \d\.\d{3}\)", info)
+    assert "silent share" in info and "pitchiness" in info
 
 
 def test_cli_info_on_a_bad_file_is_one_line_and_exit_2(tmp_path, capsys):
@@ -319,3 +333,56 @@ def test_cli_train_on_a_folder_without_audio_fails_cleanly(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert cli.main(["train", str(tmp_path / "empty"), "-o", str(tmp_path / "m.distill")]) == 2
     assert "no audio files" in capsys.readouterr().err
+
+
+# --- the data the stages see -----------------------------------------------------------------------------
+
+
+def test_mel_windows_run_on_from_one_file_into_the_next():
+    mels = [torch.full((2, 5), 1.0), torch.full((2, 3), 2.0), torch.full((2, 30), 3.0)]
+    windows = random_mel_windows(mels, 64, 8, torch.Generator().manual_seed(0))
+    assert windows.shape == (64, 2, 8)
+    values = set()
+    for window in windows:
+        row = window[0]
+        assert torch.equal(window[0], window[1])
+        values.add(tuple(row.tolist()))
+        # Each window is pieces of files: a file's frames are contiguous runs of its value, the first
+        # piece starts anywhere in its file and later pieces start at a file's first frame.
+        changes = [i for i in range(1, 8) if row[i] != row[i - 1]]
+        for start in changes:
+            run = row[start:].tolist()
+            value = run[0]
+            length = {1.0: 5, 2.0: 3, 3.0: 30}[value]
+            assert all(v == value for v in run[: min(length, len(run))])
+    assert any(len(set(v)) > 1 for v in values), "some windows cross from one file into another"
+    again = random_mel_windows(mels, 64, 8, torch.Generator().manual_seed(0))
+    assert torch.equal(again, windows)
+
+
+def test_token_windows_start_on_column_boundaries_and_repeat_a_short_stream():
+    stream = torch.arange(60)
+    windows = random_token_windows(stream, 32, 12, 6, torch.Generator().manual_seed(1))
+    assert windows.shape == (32, 12)
+    assert all(int(w[0]) % 6 == 0 and torch.equal(w, torch.arange(int(w[0]), int(w[0]) + 12)) for w in windows)
+    short = random_token_windows(torch.arange(6), 4, 12, 6, torch.Generator().manual_seed(1))
+    assert torch.equal(short[0], torch.cat([torch.arange(6), torch.arange(6)]))
+
+
+def test_the_code_stream_plays_the_corpus_in_several_orders(corpus, vqvae):
+    mels = file_mels(corpus, "train", SPEC)
+    once = code_stream(vqvae, mels, seed=0, orders=1)
+    frames = sum(m.shape[1] for m in mels)
+    assert once.shape == (math.ceil(frames / 16) * GEOMETRY.column_tokens,)
+    assert torch.equal(once, vqvae.encode_stream(torch.cat(mels, dim=1)).reshape(-1))  # the files in order
+    several = code_stream(vqvae, mels, seed=0, orders=3)
+    assert len(several) >= 3 * len(once) - 3 * GEOMETRY.column_tokens
+    assert torch.equal(code_stream(vqvae, mels, seed=0, orders=3), several)
+    assert not torch.equal(code_stream(vqvae, mels, seed=1, orders=3), several)
+
+
+def test_the_training_time_estimate_scales_with_the_steps(corpus):
+    state = torch.get_rng_state()
+    one = estimate_training_seconds(corpus, "small", spectrogram=SPEC, vqvae_epochs=1, prior_epochs=1)
+    ten = estimate_training_seconds(corpus, "small", spectrogram=SPEC, vqvae_epochs=10, prior_epochs=10)
+    assert 0 < one < ten and torch.equal(torch.get_rng_state(), state)

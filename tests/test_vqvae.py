@@ -9,9 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill_nb.vqvae import CodebookHealth, ConvVQVAE, VQVAEConfig, VQVAEOutput
+from distill_nb import vqvae as vqvae_module
+from distill_nb.vqvae import CodebookHealth, ConvVQVAE, VQVAEConfig, VQVAEOutput, mel_spectral_convergence
 
-TINY = dict(n_mels=32, channels=(8, 8, 16, 16), code_dim=8, codebook_size=16)
+# 8x frequency and 16x time downsampling: 32 mels -> 4 rows, a column every 16 frames; 3 levels.
+TINY = dict(n_mels=32, channels=(8, 8, 16, 16), strides=((2, 2), (2, 2), (2, 2), (1, 2)), res_blocks=1, code_dim=8,
+            levels=3, codebook_size=16)
 SILENCE = math.log(1e-5)
 
 
@@ -76,14 +79,14 @@ def hand_codes(model: ConvVQVAE, z: torch.Tensor, codebooks: torch.Tensor):
 @pytest.mark.parametrize("frames", [94, 17, 50, 200])
 def test_shapes_through_encode_embed_decode(trained, frames):
     mel = block_mels(2, frames, seed=frames)
-    h, w = trained.spatial_shape(frames)
-    assert (h, w) == (2, math.ceil(frames / 16))
+    h, w = trained.grid_shape(frames)
+    assert (h, w) == (4, math.ceil(frames / 16))
     codes = trained.encode(mel)
     assert codes.shape == (2, h * w, 3) and codes.dtype == torch.long
     assert 0 <= int(codes.min()) and int(codes.max()) < 16
     z = trained.codes_to_embeddings(codes, (h, w))
     assert z.shape == (2, 8, h, w)
-    recon = trained.decode(z, (32, frames))
+    recon = trained.decode(z, frames)
     assert recon.shape == (2, 32, frames) and recon.dtype == torch.float32
     assert torch.equal(trained.decode_codes(codes, frames), recon)
     out = trained(mel)
@@ -93,7 +96,9 @@ def test_shapes_through_encode_embed_decode(trained, frames):
 
 
 def test_one_second_grid_matches_design():
-    assert ConvVQVAE(VQVAEConfig()).spatial_shape(94) == (8, 6)
+    # 128 mels / 4 = 32 rows; 94 frames padded to 96 / 16 = 6 columns.
+    assert ConvVQVAE(VQVAEConfig()).grid_shape(94) == (32, 6)
+    assert VQVAEConfig().downsampling == (4, 16)
 
 
 def test_codes_are_time_major_by_hand(trained):
@@ -102,7 +107,7 @@ def test_codes_are_time_major_by_hand(trained):
     with torch.no_grad():
         expected, _ = hand_codes(trained, trained.encode_latent(mel), codebooks)  # [B, H, W, Q]
     codes = trained.encode(mel)
-    h, w = trained.spatial_shape(50)
+    h, w = trained.grid_shape(50)
     assert len(expected.unique()) > 3, "codes should be non-trivial"
     for p in range(h * w):
         assert torch.equal(codes[:, p], expected[:, p % h, p // h]), f"position {p}"
@@ -123,15 +128,15 @@ def test_shifting_the_mel_by_one_column_shifts_the_code_columns():
 
     # Warm up on blocks in every column so the codebooks know both silence and sound.
     train_steps(model, torch.cat([mel_with_block_at(c) for c in range(2, 18, 2)]), steps=3)
-    h, w = model.spatial_shape(frames)
+    h, w = model.grid_shape(frames)
     before = model.encode(mel_with_block_at(column)).reshape(w, h, 3)  # [W, H, Q] by time-major order
     after = model.encode(mel_with_block_at(column + 1)).reshape(w, h, 3)
-    assert not torch.equal(before[column], before[3]), "the block's column should differ from silence"
     # Away from the borders (the receptive field reaches ~4 columns), column w moves to w + 1.
     for col in range(4, w - 5):
         assert torch.equal(after[col + 1], before[col]), f"column {col}"
     z_before = model.encode_latent(mel_with_block_at(column))
     z_after = model.encode_latent(mel_with_block_at(column + 1))
+    assert (z_before[..., column] - z_before[..., 3]).abs().max() > 1e-2, "the block's column should differ from silence"
     torch.testing.assert_close(z_after[..., 5:w - 4], z_before[..., 4:w - 5])
 
 
@@ -149,9 +154,9 @@ def test_decoder_output_is_not_capped(trained):
 
 def test_decode_denormalises_the_decoder_output(trained):
     codes = trained.encode(block_mels(1, 50, seed=4))
-    z = trained.codes_to_embeddings(codes, trained.spatial_shape(50))
+    z = trained.codes_to_embeddings(codes, trained.grid_shape(50))
     raw = trained.decoder(z)[:, 0, :32, :50]
-    torch.testing.assert_close(trained.decode(z, (32, 50)), raw * 4.0 - 6.0)
+    torch.testing.assert_close(trained.decode(z, 50), raw * 4.0 - 6.0)
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -162,16 +167,46 @@ def test_commit_loss_is_weighted_once(trained, training):
         expected_codes, mses = hand_codes(model, model.encode_latent(mel), model.quantizer.codebooks.clone())
     model.train(training)
     out = model(mel)  # in training mode the codebooks move only after quantising
-    assert torch.equal(out.codes.reshape(4, 6, 2, 3).permute(0, 2, 1, 3), expected_codes)
+    assert torch.equal(out.codes.reshape(4, 6, 4, 3).permute(0, 2, 1, 3), expected_codes)
     assert float(mses[1:].sum()) > 0, "the residual levels should contribute"
     torch.testing.assert_close(out.commit_loss, 0.25 * mses.sum(), rtol=1e-4, atol=1e-7)
 
 
-def test_recon_loss_is_mse_in_normalised_space(trained):
+def test_recon_loss_is_l1_in_normalised_space_plus_weighted_spectral_convergence(trained):
     mel = block_mels(2, 94, seed=12)
     out = trained(mel)
-    torch.testing.assert_close(out.recon_loss, F.mse_loss((out.recon + 6.0) / 4.0, (mel + 6.0) / 4.0))
+    torch.testing.assert_close(out.l1_loss, F.l1_loss((out.recon + 6.0) / 4.0, (mel + 6.0) / 4.0))
+    magnitude, estimate = torch.exp(mel / 2), torch.exp(out.recon / 2)
+    per_item = [torch.linalg.norm(magnitude[b] - estimate[b]) / torch.linalg.norm(magnitude[b]) for b in range(2)]
+    torch.testing.assert_close(out.spectral_convergence, torch.stack(per_item).mean())
+    torch.testing.assert_close(out.recon_loss, out.l1_loss + out.spectral_weight * out.spectral_convergence)
     torch.testing.assert_close(out.loss, out.recon_loss + out.commit_loss)
+    assert out.spectral_weight == trained.config.spectral_weight
+
+
+def test_spectral_convergence_is_zero_for_a_copy_and_finite_for_huge_estimates():
+    mel = block_mels(2, 30, seed=20)
+    assert torch.equal(mel_spectral_convergence(mel, mel), torch.zeros(2))
+    silence = torch.full_like(mel, SILENCE)
+    torch.testing.assert_close(mel_spectral_convergence(mel, silence),
+                               torch.linalg.vector_norm(torch.exp(mel / 2) - torch.exp(silence / 2), dim=(1, 2))
+                               / torch.linalg.vector_norm(torch.exp(mel / 2), dim=(1, 2)))
+    assert torch.isfinite(mel_spectral_convergence(mel, mel + 1e4)).all()
+
+
+@pytest.mark.parametrize("columns", [5, 23, 40])
+def test_streams_encode_and_decode_in_segments_like_one_call(trained, monkeypatch, columns):
+    monkeypatch.setattr(vqvae_module, "SEGMENT_COLUMNS", 8)  # several segments, each with 4 columns of context
+    frames = 16 * columns - 3
+    mel = block_mels(1, frames, seed=columns)
+    codes = trained.encode_stream(mel[0])
+    whole = trained.encode(mel)[0]
+    assert codes.shape == whole.shape == (4 * columns, 3)
+    assert torch.equal(codes, whole)
+    torch.testing.assert_close(trained.decode_stream(codes, frames), trained.decode_codes(whole[None], frames)[0],
+                               rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="codes must have shape"):
+        trained.decode_stream(codes[:-1], frames)
 
 
 def test_training_steps_lower_the_reconstruction_loss():
@@ -248,11 +283,11 @@ def test_codebook_health_counts_dead_codes_from_cluster_sizes():
 def test_codes_to_embeddings_validates(trained):
     codes = trained.encode(block_mels(1, 94, seed=17))
     with pytest.raises(ValueError, match="codes"):
-        trained.codes_to_embeddings(codes, (2, 5))
+        trained.codes_to_embeddings(codes, (4, 5))
     with pytest.raises(ValueError, match="codebook_size"):
-        trained.codes_to_embeddings(codes + 16, (2, 6))
+        trained.codes_to_embeddings(codes + 16, (4, 6))
     with pytest.raises(TypeError, match="codes"):
-        trained.codes_to_embeddings(codes.float(), (2, 6))
+        trained.codes_to_embeddings(codes.float(), (4, 6))
 
 
 def test_encode_rejects_wrong_mel_shape(trained):
@@ -265,19 +300,21 @@ def test_encode_rejects_wrong_mel_shape(trained):
 def test_config_json_round_trip():
     config = VQVAEConfig(**TINY, input_mean=-5.5, input_std=3.25, kmeans_init=False)
     restored = VQVAEConfig.from_dict(json.loads(json.dumps(config.to_dict())))
-    assert restored == config and isinstance(restored.channels, tuple)
+    assert restored == config and isinstance(restored.channels, tuple) and isinstance(restored.strides[0], tuple)
 
 
 @pytest.mark.parametrize("field, value", [
-    ("n_mels", 0), ("n_mels", 2.5), ("channels", (8, 8, 16)), ("channels", (8, 0, 16, 16)),
-    ("channels", "8816"), ("code_dim", 0), ("num_quantizers", 0), ("codebook_size", 1),
+    ("n_mels", 0), ("n_mels", 2.5), ("channels", ()), ("channels", (8, 0, 16, 16)),
+    ("channels", "8816"), ("strides", ((2, 2),)), ("strides", ((2, 2), (2, 2), (3, 2), (1, 2))),
+    ("strides", ((2, 2), (2, 2), (2,), (1, 2))), ("strides", "2x2"), ("res_blocks", -1),
+    ("code_dim", 0), ("levels", 0), ("codebook_size", 1), ("spectral_weight", -1.0),
     ("commitment_weight", -0.1), ("ema_decay", 1.0), ("ema_decay", 0.0), ("kmeans_init", 1),
     ("dead_code_threshold", -1.0), ("input_mean", float("nan")), ("input_std", 0.0),
     ("input_std", float("inf")), ("code_dim", True),
 ])
 def test_config_validation_names_the_field(field, value):
     with pytest.raises((ValueError, TypeError), match=field):
-        VQVAEConfig(**{field: value})
+        VQVAEConfig(**{**TINY, field: value})
 
 
 def test_config_from_dict_rejects_unknown_keys():

@@ -89,7 +89,12 @@ def test_controls_have_the_documented_ranges_and_defaults(panel):
     assert (panel.duration.min, panel.duration.max) == (1.0, 30.0)
     assert GeneratorPanel(panel.loaded).duration.value == 10.0
     # The panel starts on the library's default mode, in which the crossfade slider does not apply.
-    assert panel.mode.options == ("independent", "continuation") and panel.mode.value == "continuation"
+    assert panel.mode.options == ("continuation", "independent") and panel.mode.value == "continuation"
+    # Takes are level-normalised by default, as the library and the CLI do.
+    assert panel.normalise.options == ("peak", "rms", "off") and panel.normalise.value == "peak"
+    panel.normalise.value = "off"
+    assert panel.settings().normalise == "off"
+    panel.normalise.value = "peak"
     assert panel.crossfade.disabled
 
 
