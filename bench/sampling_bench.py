@@ -2,24 +2,26 @@
 
     .venv/bin/python bench/sampling_bench.py [--repeats 3] [--threads N]
 
-Sampling rows, on the same weights:
+Sampling rows, on the same weights (each chunk: the first second of a prior window):
 seed-style: a full forward pass every step, batch 1, chunk after chunk (sample_codes_full_forward).
-ours:       all 10 chunks in one batch through the KV cache (sample_codes).
+ours:       all 10 chunks in one batch through the KV cache (sample_codes), with the one-token step of
+            kernels.PriorStep (the default) and with the reference step CodePrior.next_logits (what the
+            kernel buys).
 End-to-end rows (10 s of audio; needs the bundled model):
 seed-style: that sampler, then per chunk: decode, mel_to_waveform with SEED_STYLE_INVERSION (NNLS, a
             random start and 128 plain fast Griffin-Lim iterations through torch.stft / torch.istft,
             torchaudio's loop), then a 50 ms crossfade.
 ours:       generation.generate with the default settings (DECODED_INVERSION: NNLS stopped after a few
-            steps, phase-gradient start, 12 relaxed iterations on the kernels, all chunks in one batch), in
-            "independent" mode (all chunks sampled in one batch) and in "continuation" mode (the default:
-            chunk after chunk, each primed by the previous one).
+            steps, phase-gradient start, 12 relaxed iterations on the kernels), in "independent" mode (all
+            chunks sampled in one batch) and in "continuation" mode (the default: one stream of columns,
+            window after window, decoded and inverted in one piece).
 Inversion rows: mel -> waveform of the 11 decoded chunks of one take with each named InversionSettings,
 and with generation's but without the kernels (what they buy). "mel SC" is the spectral convergence of
 the result's magnitude mel against the decoded mel it inverts (lower is better); "clicks" counts samples
 over 10x their 4 ms neighbourhood, at multiples of n_fft / elsewhere (bench/common.py).
 The prior is the bundled default model's if distill_nb/data/default.distill exists (and --random-init is
-not given), else a randomly initialised default-sized one (codebook 128, d_model 256, 4 layers, 4 heads,
-seq_len 144); eval mode either way. Writes bench/results/sampling_bench.md.
+not given), else a randomly initialised one of the standard preset's size; eval mode either way.
+Writes bench/results/sampling_bench.md.
 """
 
 from __future__ import annotations
@@ -34,9 +36,13 @@ import torch
 from common import click_counts, mel_convergence, write_results
 
 from distill_nb.generation import GenerationSettings, generate
+from distill_nb.geometry import ChunkGeometry
 from distill_nb.inversion import DECODED_INVERSION, PREVIOUS_INVERSION, SEED_STYLE_INVERSION
 from distill_nb.model_file import DEFAULT_MODEL_PATH, LoadedVQModel, load_default_model
 from distill_nb.prior import CodePrior, PriorConfig, unflatten_codes
+from distill_nb.spectrogram import SpectrogramConfig
+from distill_nb.stages import PRESETS
+from distill_nb.vqvae import VQVAEConfig
 from distill_nb.sampling import sample_codes, sample_codes_full_forward
 from distill_nb.stitching import crossfade_chunks
 
@@ -45,14 +51,20 @@ SEED_STYLE_OVERLAP = 2400  # 50 ms at 48 kHz
 DEFAULT_ITERS = GenerationSettings.griffin_lim_iters
 
 
-def load_prior(random_init: bool) -> tuple[CodePrior, str]:
+def load_prior(random_init: bool) -> tuple[CodePrior, int, str]:
+    """(prior, tokens per chunk, where it comes from)."""
     if DEFAULT_MODEL_PATH.exists() and not random_init:
-        prior = load_default_model().prior
-        if prior is not None:
-            return prior.eval(), f"bundled model {DEFAULT_MODEL_PATH.name}"
+        loaded = load_default_model()
+        if loaded.prior is not None:
+            return loaded.prior.eval(), loaded.geometry.chunk_tokens, f"bundled model {DEFAULT_MODEL_PATH.name}"
+    standard = PRESETS["standard"]
+    vqvae = VQVAEConfig(**standard.vqvae)
+    geometry = ChunkGeometry.of(SpectrogramConfig(), vqvae)
+    config = PriorConfig.for_vqvae(geometry, vqvae.codebook_size, standard.window_chunks * geometry.columns,
+                                   **standard.prior)
     with torch.random.fork_rng():  # nn.Module init draws from the global RNG: seed it, then restore it
         torch.manual_seed(0)
-        return CodePrior(PriorConfig(codebook_size=128)).eval(), "random init"
+        return CodePrior(config).eval(), geometry.chunk_tokens, "random init (standard preset sizes)"
 
 
 def seconds(run: Callable[[], object]) -> float:
@@ -64,11 +76,11 @@ def seconds(run: Callable[[], object]) -> float:
 def seed_style_audio(loaded: LoadedVQModel, seed: int) -> None:
     """10 s the seed's way: chunk after chunk, full-forward sampling, 128 Griffin-Lim iterations each."""
     chunks = []
-    frames = loaded.spectrogram.get_mel_shape(loaded.chunk_samples)[1]
+    geometry = loaded.geometry
     for i in range(NUM_CHUNKS + 1):  # 11 chunks with 50 ms overlaps cover 10 s
-        flat = sample_codes_full_forward(loaded.prior, 1, [seed + i])
+        flat = sample_codes_full_forward(loaded.prior, 1, [seed + i], length=geometry.chunk_tokens)
         with torch.inference_mode():
-            mel = loaded.model.decode_codes(unflatten_codes(flat, loaded.prior.num_quantizers), frames)
+            mel = loaded.vqvae.decode_codes(unflatten_codes(flat, loaded.prior.levels), geometry.frames)
         chunks.append(loaded.spectrogram.mel_to_waveform(mel, SEED_STYLE_INVERSION, length=loaded.chunk_samples,
                                                          generator=torch.Generator().manual_seed(seed + i))[0])
     crossfade_chunks(chunks, SEED_STYLE_OVERLAP)[: NUM_CHUNKS * loaded.chunk_samples]
@@ -129,28 +141,27 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
-    prior, source = load_prior(args.random_init)
+    prior, chunk_tokens, source = load_prior(args.random_init)
     seeds = list(range(NUM_CHUNKS))
     c = prior.config
     lines = [f"prior: {source}; codebook {c.codebook_size}, d_model {c.d_model}, {c.n_layers} layers, "
-             f"{c.n_heads} heads, seq_len {c.seq_len}"]
-
-    def seed_style() -> None:
-        for seed in seeds:
-            sample_codes_full_forward(prior, 1, [seed])
-
-    def ours() -> None:
-        sample_codes(prior, NUM_CHUNKS, seeds)
-
-    sample_codes_full_forward(prior, 1, [0])  # warm-up: first calls pay for allocations and kernel setup
-    sample_codes(prior, NUM_CHUNKS, seeds)
-    # Interleaved, so a change in machine load during the run hits both rows alike.
-    times = [(seconds(seed_style), seconds(ours)) for _ in range(args.repeats)]
-    seed_s = statistics.median(seed for seed, _ in times)
-    ours_s = statistics.median(our for _, our in times)
-    lines += [f"\n{'sampler (codes of 10 one-second chunks)':<52} {'median s':>9} {'speed-up':>9}",
-              f"{'seed-style: full forward each step, batch 1':<52} {seed_s:>9.3f} {1.0:>8.1f}x",
-              f"{'ours: KV cache, batch 10':<52} {ours_s:>9.3f} {seed_s / ours_s:>8.1f}x"]
+             f"{c.n_heads} heads, windows of {c.seq_len} tokens, {chunk_tokens} tokens per chunk"]
+    runs = {
+        "seed-style: full forward each step, batch 1": lambda: [
+            sample_codes_full_forward(prior, 1, [seed], length=chunk_tokens) for seed in seeds],
+        "ours: KV cache, batch 10, PriorStep kernel": lambda: sample_codes(prior, NUM_CHUNKS, seeds,
+                                                                           length=chunk_tokens),
+        "ours: KV cache, batch 10, reference step": lambda: sample_codes(prior, NUM_CHUNKS, seeds, length=chunk_tokens,
+                                                                         fast_step=False),
+    }
+    for run in runs.values():  # warm-up: first calls pay for allocations and kernel setup
+        run()
+    # Interleaved, so a change in machine load during the run hits every row alike.
+    times = [{name: seconds(run) for name, run in runs.items()} for _ in range(args.repeats)]
+    medians = {name: statistics.median(t[name] for t in times) for name in runs}
+    baseline = medians[next(iter(runs))]
+    lines.append(f"\n{'sampler (codes of 10 one-second chunks)':<52} {'median s':>9} {'speed-up':>9}")
+    lines += [f"{name:<52} {median:>9.3f} {baseline / median:>8.1f}x" for name, median in medians.items()]
     if DEFAULT_MODEL_PATH.exists() and not args.random_init:
         loaded = load_default_model()
         lines += end_to_end_rows(loaded, args.repeats)

@@ -20,14 +20,14 @@ SILENT_DB = 60.0
 
 
 def code_histograms(codes: torch.Tensor | np.ndarray, codebook_size: int,
-                    num_quantizers: int | None = None) -> torch.Tensor:
+                    levels: int | None = None) -> torch.Tensor:
     """Count how often each code is used at each residual level.
 
     Args:
         codes: integer codes [..., P, Q] (e.g. [B, P, Q] or [P, Q]; the last axis is the level), or flat
-            tokens [..., P*Q] (index p*Q + q) when ``num_quantizers`` is given.
+            tokens [..., P*Q] (index p*Q + q) when ``levels`` is given.
         codebook_size: K, the number of codes per level; every code must lie in [0, K).
-        num_quantizers: Q for flat tokens; None when the last axis of ``codes`` already is the level.
+        levels: the residual levels of flat tokens; None when the last axis of ``codes`` already is the level.
 
     Returns:
         torch.long [Q, K]: ``counts[q, k]`` = how many positions use code k at level q.
@@ -39,11 +39,11 @@ def code_histograms(codes: torch.Tensor | np.ndarray, codebook_size: int,
         raise ValueError(f"codebook_size must be an int >= 1, got {codebook_size!r}")
     if codes.dim() < 1 or codes.numel() == 0:
         raise ValueError(f"codes must be a non-empty tensor [..., P, Q], got shape {tuple(codes.shape)}")
-    if num_quantizers is not None:
-        if num_quantizers < 1 or codes.shape[-1] % num_quantizers:
-            raise ValueError(f"num_quantizers must be >= 1 and divide the token count {codes.shape[-1]}, "
-                             f"got {num_quantizers}")
-        codes = codes.reshape(*codes.shape[:-1], -1, num_quantizers)
+    if levels is not None:
+        if levels < 1 or codes.shape[-1] % levels:
+            raise ValueError(f"levels must be >= 1 and divide the token count {codes.shape[-1]}, "
+                             f"got {levels}")
+        codes = codes.reshape(*codes.shape[:-1], -1, levels)
     low, high = int(codes.min()), int(codes.max())
     if low < 0 or high >= codebook_size:
         raise ValueError(f"codes must lie in [0, codebook_size={codebook_size}), got values in [{low}, {high}]")

@@ -204,6 +204,7 @@ def cmd_train_default(args: argparse.Namespace) -> int:
         _print(f"saved {path} ({path.stat().st_size / 1e6:.1f} MB)")
         for history in histories.values():
             _print(history.summary())
+        _print(QualityReport.from_dict(load_model(path).metadata["quality"]).summary())
         _print(f"total time {time.perf_counter() - started:.0f} s")
     return 0
 
@@ -219,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("folder", help="folder of sounds (searched recursively)")
     train.add_argument("-o", "--output", required=True, help="model file to write (.distill)")
     train.add_argument("--preset", choices=tuple(PRESETS), default=DEFAULT_PRESET,
-                       help="sizes and schedule: 'standard' (default, ~20 min on 2 CPU cores), 'quick' (about half), "
+                       help="sizes and schedule: 'standard' (default, ~16 min on 2 CPU cores), 'quick' (about half), "
                             "'small' (a toy that trains in seconds)")
     train.add_argument("--epochs", type=_positive_int, help="VQ-VAE epochs (default: the preset's)")
     train.add_argument("--prior-epochs", type=_positive_int, help="prior epochs (default: the preset's)")
@@ -277,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     generate.set_defaults(handler=cmd_generate)
 
-    default = commands.add_parser("train-default", help="retrain the bundled default model (~20 min on 2 CPU cores)")
+    default = commands.add_parser("train-default", help="retrain the bundled default model (~16 min on 2 CPU cores)")
     default.add_argument("-o", "--output", default=str(DEFAULT_MODEL_PATH), help=f"default {DEFAULT_MODEL_PATH}")
     default.add_argument("--seed", type=int, default=0)
     default.add_argument("--threads", type=_positive_int, help=THREADS_HELP)

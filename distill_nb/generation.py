@@ -102,7 +102,7 @@ class GenerationSettings:
 
     temperature: float | tuple[float, ...] = 1.0
     top_k: int = 0
-    top_p: float = 0.9
+    top_p: float = 1.0
     min_p: float = 0.0
     duration_s: float = 10.0
     mode: str = "continuation"

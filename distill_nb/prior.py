@@ -141,7 +141,6 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.layer = layer
         self.n_heads = config.n_heads
-        self.dropout = config.dropout
         self.qkv = nn.Linear(config.d_model, 3 * config.d_model)
         self.proj = nn.Linear(config.d_model, config.d_model)
         self.resid_drop = nn.Dropout(config.dropout)
@@ -156,9 +155,9 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(B, t, 3, self.n_heads, C // self.n_heads).permute(2, 0, 3, 1, 4)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=cache is None, dropout_p=self.dropout if self.training else 0.0
-        )
+        # No dropout on the attention weights: it would make SDPA materialise [B, heads, T, T] masks (most of
+        # a training step's time at T = 768); the residual and embedding dropouts regularise enough.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=cache is None)
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, t, C)))
 
 

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 # Real audio's mel is consistent: its NNLS may run to a tight fit, unlike a decoded mel's.
 _REAL_INVERSION = InversionSettings(griffin_lim_iters=DECODED_INVERSION.griffin_lim_iters)
+FEATURE_FRAME = 2048  # samples per analysis.audio_features frame
+REFERENCE_ORDERS = 3  # file orders of the corpus stream the features are compared with
 
 
 @dataclass
@@ -40,8 +42,10 @@ class QualityReport:
         ceiling_sc: the same for the held-out mel inverted by Griffin-Lim and analysed again: the floor any
             codec reaches through this mel front end.
         pitchiness: mean pitchiness (analysis.AudioFeatures) of the non-silent frames of "corpus",
-            "heldout", "reconstruction" and each generation mode.
-        silent_share: share of silent frames of the same sets.
+            "heldout", "reconstruction" and each generation mode, each measured in take-sized windows
+            (``stream_windows``).
+        silent_share: share of silent frames of the same sets (frames more than analysis.SILENT_DB below
+            the loudest frame of their window or take).
         distance: analysis.feature_distance of "reconstruction" (the held-out audio through the codec and
             Griffin-Lim) and of each generation mode, to the corpus; each a dict of the five features and
             "mean" (0 = the corpus's distributions; 1 = one corpus standard deviation apart).
@@ -94,14 +98,33 @@ def _json_safe(value: Any) -> Any:
 
 
 def reconstruct(loaded: LoadedVQModel, audio: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-    """One file through the codec -> (its mel [n_mels, frames], the decoded mel, the decoded mel inverted)."""
+    """Audio through the codec as one stream -> (its mel [n_mels, frames], the decoded mel, the decoded mel
+    inverted to as many samples)."""
     with torch.inference_mode():
         mel = loaded.spectrogram.waveform_to_mel(torch.from_numpy(np.ascontiguousarray(audio)))[0]
         codes = loaded.vqvae.encode_stream(mel.to(loaded.device))
         decoded = loaded.vqvae.decode_stream(codes.to(loaded.device), mel.shape[1]).cpu()
-        inversion = DECODED_INVERSION
-        audio_out = loaded.spectrogram.mel_to_waveform(decoded[None], inversion, length=len(audio))[0]
+        audio_out = loaded.spectrogram.mel_to_waveform(decoded[None], DECODED_INVERSION, length=len(audio))[0]
     return mel, decoded, audio_out.numpy()
+
+
+def stream_windows(files: Sequence[np.ndarray], seconds: float, sample_rate: int, orders: int = 1,
+                   seed: int = 0) -> list[np.ndarray]:
+    """The files played as a stream, cut into windows of ``seconds``: what a take is compared with.
+
+    A take is measured against its own loudest frame and holds several sounds at their own levels, so the
+    corpus is measured the same way: its files back to back (in their order, then ``orders - 1`` random
+    orders from ``seed``), cut into take-sized windows (the stream whole when it is shorter than one).
+    """
+    rng = np.random.default_rng(seed)
+    size = max(FEATURE_FRAME, round(seconds * sample_rate))
+    windows = []
+    for order in range(orders):
+        permutation = rng.permutation(len(files)) if order else range(len(files))
+        stream = np.concatenate([np.asarray(files[i], dtype=np.float32) for i in permutation])
+        starts = range(0, max(len(stream) - size, 0) + 1, size)
+        windows += [stream[start:start + size] for start in starts]
+    return windows
 
 
 def evaluate_model(loaded: LoadedVQModel, corpus_audio: Sequence[np.ndarray], heldout_audio: Sequence[np.ndarray],
@@ -109,15 +132,21 @@ def evaluate_model(loaded: LoadedVQModel, corpus_audio: Sequence[np.ndarray], he
                    progress: Progress | None = None) -> QualityReport:
     """Measure ``loaded`` against its corpus (``corpus_audio``, the reference for the features) and audio it
     did not train on (``heldout_audio``), generating ``takes`` takes of ``take_seconds`` per mode from seeds
-    spaced far apart, starting at ``seed``. Files shorter than the STFT's padding are left out."""
+    spaced far apart, starting at ``seed``.
+
+    Every set is measured in take-sized windows of a stream (see ``stream_windows``): the corpus in
+    REFERENCE_ORDERS orders, the held-out audio in its order, which is also what is reconstructed.
+    """
     report = progress or silent
     sample_rate = loaded.sample_rate
-    shortest = loaded.spectrogram.config.n_fft // 2 + 1
-    heldout = [np.asarray(a, dtype=np.float32) for a in heldout_audio if len(a) >= shortest]
-    if not heldout:
-        raise ValueError(f"heldout_audio must hold a file of at least {shortest} samples")
-    reference = audio_features(list(corpus_audio), sample_rate)
-    sets: dict[str, AudioFeatures] = {"corpus": reference, "heldout": audio_features(heldout, sample_rate)}
+    for name, files in (("corpus_audio", corpus_audio), ("heldout_audio", heldout_audio)):
+        if not files or sum(len(a) for a in files) < FEATURE_FRAME:
+            raise ValueError(f"{name} must hold at least {FEATURE_FRAME} samples of audio")
+    reference = audio_features(stream_windows(corpus_audio, take_seconds, sample_rate, REFERENCE_ORDERS, seed),
+                               sample_rate, FEATURE_FRAME)
+    heldout = stream_windows(heldout_audio, take_seconds, sample_rate)
+    sets: dict[str, AudioFeatures] = {"corpus": reference,
+                                      "heldout": audio_features(heldout, sample_rate, FEATURE_FRAME)}
 
     report(0.0, "Reconstructing held-out audio...")
     target, decoded, ceiling, reconstructed = [], [], [], []
@@ -129,7 +158,7 @@ def evaluate_model(loaded: LoadedVQModel, corpus_audio: Sequence[np.ndarray], he
         with torch.inference_mode():
             inverted = loaded.spectrogram.mel_to_waveform(mel[None], _REAL_INVERSION, length=len(audio))
             ceiling.append(loaded.spectrogram.waveform_to_mel(inverted)[0])
-    sets["reconstruction"] = audio_features(reconstructed, sample_rate)
+    sets["reconstruction"] = audio_features(reconstructed, sample_rate, FEATURE_FRAME)
     magnitude = torch.exp(0.5 * torch.cat(target, dim=1))
     reconstruction_sc = spectral_convergence(magnitude, torch.exp(0.5 * torch.cat(decoded, dim=1)))
     ceiling_sc = spectral_convergence(magnitude, torch.exp(0.5 * torch.cat(ceiling, dim=1)))
@@ -138,7 +167,7 @@ def evaluate_model(loaded: LoadedVQModel, corpus_audio: Sequence[np.ndarray], he
     for index, mode in enumerate(MODES):
         report(0.3 + 0.7 * index / len(MODES), f"Generating {takes} {mode} takes...")
         results = generate_takes(loaded, GenerationSettings(duration_s=take_seconds, mode=mode), seeds)
-        sets[mode] = audio_features([r.audio for r in results], sample_rate)
+        sets[mode] = audio_features([r.audio for r in results], sample_rate, FEATURE_FRAME)
     report(1.0, "Quality measured")
     return QualityReport(
         reconstruction_sc=reconstruction_sc,

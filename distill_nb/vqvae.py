@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from vector_quantize_pytorch import ResidualVQ
 
-from distill_nb.checks import check_int, check_real
+from distill_nb.checks import check_int, check_real, config_from_dict
 
 # A code counts as used when its EMA cluster size reaches this, if dead-code replacement is off
 # (dead_code_threshold == 0); otherwise the dead-code threshold itself decides.
@@ -131,12 +131,7 @@ class VQVAEConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> VQVAEConfig:
         """Build a config from ``to_dict`` output; ValueError on unknown keys or bad values."""
-        if not isinstance(d, Mapping):
-            raise TypeError(f"VQVAEConfig.from_dict expects a mapping, got {type(d).__name__}")
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown VQVAEConfig keys: {unknown}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 def _int_sequence(name: str, values: Any, minimum: int) -> tuple[int, ...]:

@@ -48,7 +48,7 @@ class GeneratorPanel:
 
     Display it as a cell's value (or ``display(panel)``); ``panel.widget`` is its root VBox.
 
-    Controls: temperature (0.1-2.0), top-k (0-512, 0 = off), top-p (0-1, 0 = off), min-p (0-1,
+    Controls: temperature (0.1-2.0), top-k (0-512, 0 = off), top-p (0-1, 1 = off), min-p (0-1,
     0 = off), duration (1-30 s), crossfade (0-200 ms, "independent" mode only), mode, level normalisation
     (peak by default), seed (with a button that draws a fresh one from the OS). Their ranges make an invalid call impossible.
 
@@ -72,8 +72,8 @@ class GeneratorPanel:
         self.temperature = widgets.FloatSlider(value=1.0, min=0.1, max=2.0, step=0.05,
                                                description="Temperature", style=_WIDE_LABEL)
         self.top_k = widgets.IntSlider(value=0, min=0, max=512, description="Top-k (0 = off)", style=_WIDE_LABEL)
-        self.top_p = widgets.FloatSlider(value=0.9, min=0.0, max=1.0, step=0.01,
-                                         description="Top-p (0 = off)", style=_WIDE_LABEL)
+        self.top_p = widgets.FloatSlider(value=1.0, min=0.0, max=1.0, step=0.01,
+                                         description="Top-p (1 = off)", style=_WIDE_LABEL)
         self.min_p = widgets.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.01,
                                          description="Min-p (0 = off)", style=_WIDE_LABEL)
         self.duration = widgets.FloatSlider(value=10.0, min=1.0, max=30.0, step=0.5,

@@ -43,7 +43,7 @@ def test_histograms_accept_unbatched_flat_and_numpy_codes():
     codes = random_codes((2, 48, 3), 8, seed=1)
     batched = code_histograms(codes, 8)
     flat = codes.reshape(2, 48 * 3)  # index p*Q + q
-    torch.testing.assert_close(code_histograms(flat, 8, num_quantizers=3), batched)
+    torch.testing.assert_close(code_histograms(flat, 8, levels=3), batched)
     torch.testing.assert_close(code_histograms(codes.numpy(), 8), batched)
     torch.testing.assert_close(code_histograms(codes[0], 8) + code_histograms(codes[1], 8), batched)
 
@@ -61,8 +61,8 @@ def test_histograms_reject_bad_arguments():
         code_histograms(torch.zeros(4, 3), 8)
     with pytest.raises(ValueError, match="codebook_size"):
         code_histograms(torch.zeros(4, 3, dtype=torch.long), 0)
-    with pytest.raises(ValueError, match="num_quantizers"):
-        code_histograms(torch.zeros(2, 10, dtype=torch.long), 8, num_quantizers=3)
+    with pytest.raises(ValueError, match="levels"):
+        code_histograms(torch.zeros(2, 10, dtype=torch.long), 8, levels=3)
     with pytest.raises(ValueError, match="codes"):
         code_histograms(torch.zeros(0, 3, dtype=torch.long), 8)
 

@@ -159,7 +159,7 @@ def test_chunk_i_codes_equal_a_separate_run_with_seed_plus_i(loaded):
     for i in range(long.codes.shape[0]):
         alone = generate(loaded, settings(duration_s=1), seed=1000 + i)
         assert torch.equal(long.codes[i], alone.codes[0])
-        direct = unflatten_codes(sample_codes(loaded.prior, 1, [1000 + i], top_p=0.9, length=H * W * Q), Q)[0]
+        direct = unflatten_codes(sample_codes(loaded.prior, 1, [1000 + i], top_p=1.0, length=H * W * Q), Q)[0]
         assert torch.equal(long.codes[i], direct)
 
 
@@ -169,12 +169,12 @@ def test_continuation_window_i_is_sampled_with_seed_plus_i_after_the_last_column
     c = WINDOW - W if context is None else context
     tokens = flatten_codes(result.codes)[0]
     column = H * Q
-    expected = sample_codes(loaded.prior, 1, [40], top_p=0.9)[0]  # the first window: all its columns
+    expected = sample_codes(loaded.prior, 1, [40], top_p=1.0)[0]  # the first window: all its columns
     window = 1
     while len(expected) < len(tokens):
         prefix = expected[-c * column:][None]
         new = min(WINDOW - c, (len(tokens) - len(expected)) // column)
-        tokens_i = sample_codes(loaded.prior, 1, [40 + window], top_p=0.9, prefix=prefix, length=(c + new) * column)
+        tokens_i = sample_codes(loaded.prior, 1, [40 + window], top_p=1.0, prefix=prefix, length=(c + new) * column)
         expected = torch.cat([expected, tokens_i[0, c * column:]])
         window += 1
     assert torch.equal(tokens, expected)
@@ -242,7 +242,7 @@ def test_a_prompt_primes_the_first_window_with_its_last_columns(loaded, mode):
     primed = generate(loaded, s, seed=8, prompt=prompt)
     prefix = prompt_columns(loaded, prompt, c)
     length = c * H * Q + (H * W * Q if mode == "independent" else (WINDOW - c) * H * Q)
-    direct = sample_codes(loaded.prior, 1, [8], top_p=0.9, prefix=prefix, length=length)[0, c * H * Q:]
+    direct = sample_codes(loaded.prior, 1, [8], top_p=1.0, prefix=prefix, length=length)[0, c * H * Q:]
     first = flatten_codes(primed.codes[:1])[0, : len(direct)]
     assert torch.equal(first, direct)
     unprimed = generate(loaded, s, seed=8)
@@ -254,7 +254,7 @@ def test_a_prompt_shorter_than_the_context_primes_with_what_it_has(loaded):
     prompt = noise(0.3, seed=4)  # 38 frames: 2 whole columns
     result = generate(loaded, settings(duration_s=1, mode="continuation", context_columns=6), seed=8, prompt=prompt)
     prefix = prompt_columns(loaded, prompt, 2)
-    direct = sample_codes(loaded.prior, 1, [8], top_p=0.9, prefix=prefix)[0, prefix.shape[1]:]
+    direct = sample_codes(loaded.prior, 1, [8], top_p=1.0, prefix=prefix)[0, prefix.shape[1]:]
     tokens = flatten_codes(result.codes)[0]
     assert len(tokens) < len(direct) and torch.equal(tokens, direct[: len(tokens)])
 

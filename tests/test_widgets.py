@@ -81,7 +81,7 @@ def test_runs_under_the_expected_ipywidgets_major_version(record_property):
 
 def test_controls_have_the_documented_ranges_and_defaults(panel):
     expected = {  # widget: (min, max, default)
-        panel.temperature: (0.1, 2.0, 1.0), panel.top_k: (0, 512, 0), panel.top_p: (0.0, 1.0, 0.9),
+        panel.temperature: (0.1, 2.0, 1.0), panel.top_k: (0, 512, 0), panel.top_p: (0.0, 1.0, 1.0),
         panel.min_p: (0.0, 1.0, 0.0), panel.crossfade: (0, 200, 50), panel.seed: (0, 2**31 - 1, 7),
     }
     for control, (low, high, default) in expected.items():
