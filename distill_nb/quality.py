@@ -78,14 +78,15 @@ class QualityReport:
 
     def summary(self) -> str:
         """A few readable lines."""
-        sets = list(self.pitchiness)
+        order = ("corpus", "heldout", "reconstruction", *MODES)  # JSON round trips may sort the keys
+        sets = [name for name in order if name in self.pitchiness]
         lines = [f"reconstruction of held-out audio: spectral convergence {self.reconstruction_sc:.3f} "
                  f"(Griffin-Lim ceiling {self.ceiling_sc:.3f})",
                  f"{'':16s}" + "".join(f"{name:>15s}" for name in sets),
                  f"{'pitchiness':16s}" + "".join(f"{self.pitchiness[n]:>15.2f}" for n in sets),
                  f"{'silent share':16s}" + "".join(f"{self.silent_share[n]:>15.0%}" for n in sets),
                  f"feature distance to the corpus (mean of 5; {self.takes} takes of {self.take_seconds:g} s per mode): "
-                 + ", ".join(f"{name} {values['mean']:.2f}" for name, values in self.distance.items())]
+                 + ", ".join(f"{name} {self.distance[name]['mean']:.2f}" for name in order if name in self.distance)]
         return "\n".join(lines)
 
 

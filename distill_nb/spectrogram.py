@@ -8,7 +8,6 @@ is torch float32 [B, n_mels, frames], the natural log of the power mel plus ``lo
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -119,12 +118,6 @@ class Spectrogram:
         """(n_mels, frames) of the mel of ``num_samples`` samples; frames = 1 + num_samples // hop."""
         num_samples = check_int("num_samples", num_samples, 1)
         return self.config.n_mels, 1 + num_samples // self.config.hop_length
-
-    def get_latent_shape(self, num_samples: int, downsample: int = 16) -> tuple[int, int]:
-        """(H, W) latent grid of a mel padded up to multiples of ``downsample``: 48000 -> (8, 6)."""
-        downsample = check_int("downsample", downsample, 1)
-        n_mels, frames = self.get_mel_shape(num_samples)
-        return math.ceil(n_mels / downsample), math.ceil(frames / downsample)
 
     def waveform_to_mel(self, audio: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Log-compressed power mel of audio.

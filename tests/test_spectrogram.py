@@ -64,17 +64,13 @@ def test_waveform_to_mel_rejects_bad_audio():
         spectrogram.waveform_to_mel(np.zeros(4000, np.int16))
 
 
-def test_chunk_mel_and_latent_shapes():
+def test_chunk_and_mel_shapes():
     spectrogram = Spectrogram()  # the default 48 kHz chunk geometry
     assert spectrogram.chunk_samples == 48000
     assert spectrogram.get_mel_shape(48000) == (128, 94)
-    assert spectrogram.get_latent_shape(48000) == (8, 6)
-    assert spectrogram.get_latent_shape(48000, downsample=4) == (32, 24)
     assert spectrogram.waveform_to_mel(np.zeros((2, 48000), np.float32)).shape == (2, 128, 94)
     with pytest.raises(ValueError, match="num_samples"):
         spectrogram.get_mel_shape(0)
-    with pytest.raises(TypeError, match="downsample"):
-        spectrogram.get_latent_shape(48000, downsample=1.5)
 
 
 def test_config_defaults_and_round_trip():
