@@ -322,19 +322,20 @@ def _curvature_across_bins(log_magnitude: torch.Tensor) -> torch.Tensor:
 def _peak_frame_steps(frame_step: torch.Tensor, magnitude: torch.Tensor, log_magnitude: torch.Tensor,
                       peak: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
     """The per-frame phase steps [B, frames, bins] of `_phase_steps`, at the peaks sharper than a window's
-    lobe replaced by those of their lobe's frequency: its power centroid (`_lobe_centroid`).
+    lobe replaced by those of their lobe's frequency: its power centroid (`_lobe_centroids`).
 
     Where mel bands span several bins, the NNLS is free to shape a partial's lobe within them, and it
     often sharpens it: the slopes then overstate how far the partial lies from the peak bin, and its
     phase drifts from frame to frame. Peak-1 triangles sum to one over each bin and interpolate the band
-    centres, so the mel keeps a lobe's power centroid: a sharpened lobe's still gives the partial's
+    centres, so the mel keeps a lobe's power centroid: a sharpened lobe's centroid is still the partial's
     frequency. Elsewhere the slopes stay: a lobe the mel resolves is an STFT's, and the centroid of
     partials closer than a lobe's width mixes them.
     """
     bins = torch.arange(magnitude.shape[-1], device=magnitude.device)
     sharpened = (peak == bins) & (_curvature_across_bins(log_magnitude) > _MAX_LOBE_CURVATURE)
-    centroid_step = (2 * math.pi * hop / n_fft) * _lobe_centroid(magnitude.square(), peak)
-    return torch.where(sharpened, centroid_step, frame_step)
+    steps = frame_step.clone()
+    steps[sharpened] = (2 * math.pi * hop / n_fft) * _lobe_centroids(magnitude, peak, sharpened)
+    return steps
 
 
 def _frame_advance(frame_step: torch.Tensor, peak: torch.Tensor) -> torch.Tensor:
@@ -348,20 +349,19 @@ def _frame_advance(frame_step: torch.Tensor, peak: torch.Tensor) -> torch.Tensor
     return 0.5 * (frame_step[:, 1:] + leaving[:, :-1])
 
 
-def _lobe_centroid(power: torch.Tensor, peak: torch.Tensor) -> torch.Tensor:
-    """Fractional bin [B, frames, bins] of each bin's power centroid over the bins within
-    ``_LOBE_HALF_WIDTH`` of it that share its peak (`_peak_of`): at a peak, its lobe's frequency."""
-    reach, bins = _LOBE_HALF_WIDTH, power.shape[-1]
-    padded_power = torch.nn.functional.pad(power, (reach, reach))
-    padded_peak = torch.nn.functional.pad(peak, (reach, reach), value=-1)
-    total, moment = torch.zeros_like(power), torch.zeros_like(power)
-    for offset in range(-reach, reach + 1):
-        window = slice(reach + offset, reach + offset + bins)
-        weight = torch.where(padded_peak[..., window] == peak, padded_power[..., window], 0.0)
-        total += weight
-        moment += offset * weight
-    centre = torch.arange(bins, device=power.device, dtype=power.dtype)
-    return centre + moment / total.clamp_min(torch.finfo(power.dtype).tiny)
+def _lobe_centroids(magnitude: torch.Tensor, peak: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """Fractional bins [n] of the n peaks where ``at`` (bool [B, frames, bins]) holds, in the order of
+    at.nonzero(): each one's power centroid over the bins within ``_LOBE_HALF_WIDTH`` of it that share it
+    as their peak (`_peak_of`). Computed at these peaks alone, a small share of the bins."""
+    chunk, frame, centre = (index[:, None] for index in at.nonzero(as_tuple=True))
+    offsets = torch.arange(-_LOBE_HALF_WIDTH, _LOBE_HALF_WIDTH + 1, device=magnitude.device)
+    bins = centre + offsets  # [n, 2 * _LOBE_HALF_WIDTH + 1]
+    within = (bins >= 0) & (bins < magnitude.shape[-1])
+    bins = bins.clamp(0, magnitude.shape[-1] - 1)
+    in_lobe = within & (peak[chunk, frame, bins] == centre)
+    power = torch.where(in_lobe, magnitude[chunk, frame, bins].square(), 0.0)
+    shift = power @ offsets.to(power.dtype) / power.sum(dim=-1).clamp_min(torch.finfo(power.dtype).tiny)
+    return centre[:, 0] + shift
 
 
 def _slope(values: torch.Tensor, dim: int) -> torch.Tensor:
