@@ -37,6 +37,11 @@ _HANN_GAUSSIAN_LAMBDA = 0.25645
 # Where the curvature of the log magnitude is below a quarter of an STFT's (see `_concentration`), the
 # magnitude is a smoothed average of many components: its slopes say nothing about the phase.
 _MIN_CONCENTRATION = 0.25
+# A window's main lobe curves across bins by 1 in `_concentration`'s units, and neighbouring partials bend it
+# by up to about 40 %; a peak sharper than this was sharpened by the NNLS (see `_peak_frame_steps`).
+_MAX_LOBE_CURVATURE = 1.5
+# A Hann window's main lobe reaches 2 bins either side of its centre.
+_LOBE_HALF_WIDTH = 2
 # Below -80 dB of a chunk's peak the phase is random, as below PGHI's tolerance.
 _PHASE_FLOOR = 1e-4
 
@@ -246,19 +251,20 @@ def phase_gradient_start(magnitude: torch.Tensor, n_fft: int, hop: int, generato
 
     Phase-gradient integration (Průša, Balazs & Søndergaard 2017) around the peaks that have the shape of
     an STFT's (`_concentration`): a peak continues its phase from the previous frame by its instantaneous
-    frequency (time direction), and the bins of its region, down to the minima on either side, take its
-    phase plus the integral of the local group delay (frequency direction). Everywhere else (flat,
-    noise-like magnitude, and below -80 dB of a chunk's peak) the phase is uniform random from
-    ``generator``, as is the phase of a peak that starts a track: integrating a flat magnitude's zero
-    derivatives would give every frame the phase of one impulse at the same multiple of n_fft, a click.
-    Chunk b's random phases are the generator's b-th draw, so they do not depend on the batch size.
+    frequency (time direction: `_peak_frame_steps`, `_frame_advance`), and the bins of its region, down to
+    the minima on either side, take its phase plus the integral of the local group delay (frequency
+    direction). Everywhere else (flat, noise-like magnitude, and below -80 dB of a chunk's peak) the phase
+    is uniform random from ``generator``, as is the phase of a peak that starts a track: integrating a flat
+    magnitude's zero derivatives would give every frame the phase of one impulse at the same multiple of
+    n_fft, a click. Chunk b's random phases are the generator's b-th draw, so they do not depend on the
+    batch size.
     """
     log_magnitude = torch.log(magnitude + 1e-6 * _chunk_peak(magnitude).clamp_min(1e-30))  # -120 dB floor
     frame_step, bin_step = _phase_steps(log_magnitude, n_fft, hop)
     peak = _peak_of(log_magnitude)
+    advance = _frame_advance(_peak_frame_steps(frame_step, magnitude, log_magnitude, peak, n_fft, hop), peak)
     structured = (_concentration(log_magnitude, n_fft, hop) > _MIN_CONCENTRATION) & (
         magnitude > _PHASE_FLOOR * _chunk_peak(magnitude))
-    advance = 0.5 * (frame_step[:, 1:] + frame_step[:, :-1])  # trapezoidal rule
     return _integrate_frames(structured.gather(-1, peak), peak, _frequency_integral(bin_step, peak), advance,
                              random_phase(magnitude, generator))
 
@@ -304,9 +310,58 @@ def _concentration(log_magnitude: torch.Tensor, n_fft: int, hop: int) -> torch.T
     sinusoid, for an impulse, and for any STFT with a Gaussian window away from its zeros (log|X| plus a
     quadratic is harmonic there); a magnitude smoothed over many components is flatter, near 0."""
     ratio = n_fft / hop
-    across_bins = -_second_difference(log_magnitude, dim=2) / (2 * math.pi * _HANN_GAUSSIAN_LAMBDA)
     across_frames = -_second_difference(log_magnitude, dim=1) * _HANN_GAUSSIAN_LAMBDA * ratio**2 / (2 * math.pi)
-    return across_bins + across_frames
+    return _curvature_across_bins(log_magnitude) + across_frames
+
+
+def _curvature_across_bins(log_magnitude: torch.Tensor) -> torch.Tensor:
+    """-d2 log|X| / dm2 [B, frames, bins] in units of a Gaussian window's lobe (1 at a sinusoid's peak)."""
+    return -_second_difference(log_magnitude, dim=2) / (2 * math.pi * _HANN_GAUSSIAN_LAMBDA)
+
+
+def _peak_frame_steps(frame_step: torch.Tensor, magnitude: torch.Tensor, log_magnitude: torch.Tensor,
+                      peak: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
+    """The per-frame phase steps [B, frames, bins] of `_phase_steps`, at the peaks sharper than a window's
+    lobe replaced by those of their lobe's frequency: its power centroid (`_lobe_centroids`).
+
+    Where mel bands span several bins, the NNLS is free to shape a partial's lobe within them, and it
+    often sharpens it: the slopes then overstate how far the partial lies from the peak bin, and its
+    phase drifts from frame to frame. Peak-1 triangles sum to one over each bin and interpolate the band
+    centres, so the mel keeps a lobe's power centroid: a sharpened lobe's centroid is still the partial's
+    frequency. Elsewhere the slopes stay: a lobe the mel resolves is an STFT's, and the centroid of
+    partials closer than a lobe's width mixes them.
+    """
+    bins = torch.arange(magnitude.shape[-1], device=magnitude.device)
+    sharpened = (peak == bins) & (_curvature_across_bins(log_magnitude) > _MAX_LOBE_CURVATURE)
+    steps = frame_step.clone()
+    steps[sharpened] = (2 * math.pi * hop / n_fft) * _lobe_centroids(magnitude, peak, sharpened)
+    return steps
+
+
+def _frame_advance(frame_step: torch.Tensor, peak: torch.Tensor) -> torch.Tensor:
+    """Phase advance [B, frames - 1, bins] of each bin from one frame to the next, by the trapezoidal rule:
+    its step in the next frame and, in this one, its peak's step where its peak is within a lobe's
+    half-width (a partial that moved a bin or two, as in vibrato: on a lobe's flank the NNLS's slopes can
+    be far off, next to the zeros it leaves between lobes), else its own."""
+    bins = torch.arange(peak.shape[-1], device=peak.device)
+    near_peak = (peak - bins).abs() <= _LOBE_HALF_WIDTH
+    leaving = torch.where(near_peak, frame_step.gather(-1, peak), frame_step)
+    return 0.5 * (frame_step[:, 1:] + leaving[:, :-1])
+
+
+def _lobe_centroids(magnitude: torch.Tensor, peak: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """Fractional bins [n] of the n peaks where ``at`` (bool [B, frames, bins]) holds, in the order of
+    at.nonzero(): each one's power centroid over the bins within ``_LOBE_HALF_WIDTH`` of it that share it
+    as their peak (`_peak_of`). Computed at these peaks alone, a small share of the bins."""
+    chunk, frame, centre = (index[:, None] for index in at.nonzero(as_tuple=True))
+    offsets = torch.arange(-_LOBE_HALF_WIDTH, _LOBE_HALF_WIDTH + 1, device=magnitude.device)
+    bins = centre + offsets  # [n, 2 * _LOBE_HALF_WIDTH + 1]
+    within = (bins >= 0) & (bins < magnitude.shape[-1])
+    bins = bins.clamp(0, magnitude.shape[-1] - 1)
+    in_lobe = within & (peak[chunk, frame, bins] == centre)
+    power = torch.where(in_lobe, magnitude[chunk, frame, bins].square(), 0.0)
+    shift = power @ offsets.to(power.dtype) / power.sum(dim=-1).clamp_min(torch.finfo(power.dtype).tiny)
+    return centre[:, 0] + shift
 
 
 def _slope(values: torch.Tensor, dim: int) -> torch.Tensor:
