@@ -44,6 +44,28 @@ def test_generate_writes_the_take_and_its_metadata(model_path, tmp_path, capsys)
     assert str(out) in capsys.readouterr().out
 
 
+def test_generate_normalises_the_level_and_records_the_gain(model_path, tmp_path):
+    out = tmp_path / "rms.wav"
+    assert main(["generate", "--model", str(model_path), "-o", str(out), "--duration", "1", "--seed", "4",
+                 "--normalise", "rms", "--target-dbfs", "-24", *FAST]) == 0
+    metadata = sidecar(out)
+    assert metadata["settings"]["normalise"] == "rms" and metadata["settings"]["target_dbfs"] == -24.0
+    raw = tmp_path / "raw.wav"
+    assert main(["generate", "--model", str(model_path), "-o", str(raw), "--duration", "1", "--seed", "4",
+                 "--normalise", "off", *FAST]) == 0
+    assert sidecar(raw)["gain_db"] == 0.0
+    normalised, _ = sf.read(out, dtype="float64")
+    plain, _ = sf.read(raw, dtype="float64")
+    gain = 10 ** (metadata["gain_db"] / 20)
+    # The sidecar rounds the gain to 1e-3 dB: a relative 1.2e-4 at most.
+    np.testing.assert_allclose(normalised, np.clip(plain * gain, -1, 1), rtol=1.2e-4, atol=1e-6 * max(gain, 1))
+    default = tmp_path / "default.wav"
+    assert main(["generate", "--model", str(model_path), "-o", str(default), "--duration", "1", "--seed", "4",
+                 *FAST]) == 0
+    peak_default = np.abs(sf.read(default, dtype="float64")[0]).max()
+    assert 20 * np.log10(peak_default) == pytest.approx(-1.0, abs=1e-3)  # the default: a -1 dBFS peak
+
+
 def test_several_seeds_give_one_file_per_take(model_path, tmp_path):
     out = tmp_path / "take.flac"
     assert main(["generate", "--model", str(model_path), "-o", str(out), "--duration", "1",
