@@ -3,13 +3,14 @@
     .venv/bin/python bench/inversion_bench.py [--corpus DIR] [--seeds 3] [--repeats 3]
 
 Mels: the middle second of every file of at least 1 s in DIR/train and DIR/heldout (a corpus of real
-recordings, as bench/real_corpus.py writes it; the real rows are left out without --corpus), and the 44
+recordings as bench/real_corpus.py writes it; without --corpus it is built in a temporary folder), and the 44
 decoded chunks of the bundled model's "independent" takes with seeds 0, 11, 22 and 33 (10 s each).
 Quality rows: each phase start at the settings such mels get (the default InversionSettings with 12
 Griffin-Lim iterations for real mels, DECODED_INVERSION for decoded ones). "mel SC" is the spectral
 convergence of the result's magnitude mel against the mel it inverts, mean over --seeds generator seeds
 (lower is better); "clicks" counts samples over 10x their 4 ms neighbourhood, at multiples of n_fft /
-elsewhere, per seed (bench/common.py); "s" is the median time of one inversion of all chunks.
+elsewhere, per seed (bench/common.py), beside the count in the recordings themselves (their transients);
+"s" is the median time of one inversion of all chunks.
 Kernel rows: each kernel of distill_nb.kernels against its reference in distill_nb.inversion on the same
 inputs, median of --repeats, and the largest difference of their results relative to the largest value.
 Writes bench/results/inversion_bench.md.
@@ -19,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from common import click_counts, median_seconds, mel_convergence, write_results
+from real_corpus import build
 
 from distill_nb import kernels
 from distill_nb.audio import load_audio
@@ -38,8 +41,8 @@ DECODED_SEEDS = (0, 11, 22, 33)  # chunk i of seed s is sampled with seed s + i:
 REAL_INVERSION = InversionSettings(griffin_lim_iters=12)
 
 
-def corpus_mels(spectrogram: Spectrogram, corpus: Path) -> torch.Tensor:
-    """The log-mels [B, n_mels, frames] of the middle second of each file of at least 1 s."""
+def corpus_chunks(spectrogram: Spectrogram, corpus: Path) -> torch.Tensor:
+    """The middle second [B, samples] of each file of at least 1 s."""
     chunk = spectrogram.chunk_samples
     chunks = []
     for path in sorted((corpus / "train").glob("*.wav")) + sorted((corpus / "heldout").glob("*.wav")):
@@ -47,7 +50,7 @@ def corpus_mels(spectrogram: Spectrogram, corpus: Path) -> torch.Tensor:
         if len(audio) >= chunk:
             start = (len(audio) - chunk) // 2
             chunks.append(audio[start : start + chunk])
-    return spectrogram.waveform_to_mel(torch.from_numpy(np.stack(chunks)))
+    return torch.from_numpy(np.stack(chunks))
 
 
 def quality_rows(spectrogram: Spectrogram, label: str, mels: torch.Tensor, settings: InversionSettings,
@@ -100,7 +103,8 @@ def kernel_rows(spectrogram: Spectrogram, label: str, mels: torch.Tensor, settin
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", type=Path, help="a folder with train/ and heldout/ WAV files of real audio")
+    parser.add_argument("--corpus", type=Path,
+                        help="a folder with train/ and heldout/ WAV files of real audio (default: build one)")
     parser.add_argument("--seeds", type=int, default=3, help="generator seeds per quality row")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per row (median reported)")
     args = parser.parse_args()
@@ -109,14 +113,20 @@ def main() -> None:
     spectrogram = loaded.spectrogram
     decoded = torch.cat([generate(loaded, GenerationSettings(mode="independent"), seed=seed).mels
                          for seed in DECODED_SEEDS])
-    inputs = [(f"{len(decoded)} decoded chunks", decoded, DECODED_INVERSION)]
-    if args.corpus is not None:
-        real = corpus_mels(spectrogram, args.corpus)
-        inputs.insert(0, (f"{len(real)} real chunks", real, REAL_INVERSION))
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.corpus is None:
+            build(Path(tmp), seed=0)
+        recordings = corpus_chunks(spectrogram, args.corpus or Path(tmp))
+    real = spectrogram.waveform_to_mel(recordings)
+    inputs = [(f"{len(real)} real chunks", real, REAL_INVERSION),
+              (f"{len(decoded)} decoded chunks", decoded, DECODED_INVERSION)]
 
-    lines = [f"mel -> waveform; real: middle seconds of {args.corpus}, InversionSettings(griffin_lim_iters=12); "
-             f"decoded: bundled model, DECODED_INVERSION", "",
+    lines = [f"mel -> waveform; real: middle seconds of {args.corpus or 'bench/real_corpus.py (seed 0)'}, "
+             f"InversionSettings(griffin_lim_iters=12); decoded: bundled model, DECODED_INVERSION", "",
              f"{'mels, phase start':<40} {'mel SC':>7} {'clicks':>13} {'s':>7}"]
+    # Recordings have transients the click count also finds: the inverted audio has as many or fewer.
+    clicks = click_counts(recordings, spectrogram.config.n_fft, spectrogram.config.sample_rate)
+    lines.append(f"{f'{len(real)} real chunks, the recordings':<40} {'-':>7} {f'{clicks[0]} / {clicks[1]}':>13}")
     for label, mels, settings in inputs:
         lines += quality_rows(spectrogram, label, mels, settings, args.seeds, args.repeats)
     lines += ["", f"{'kernel vs reference':<44} {'ref s':>7} {'kernel':>7} {'saved':>8} {'max diff':>9}"]

@@ -129,7 +129,7 @@ def table(rows: dict[tuple[str, str], dict[str, float]]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a .distill file (default: the bundled default model)")
-    parser.add_argument("--seeds", type=int, default=4, help="takes per row, seeds 0 .. n-1")
+    parser.add_argument("--seeds", type=int, default=4, help="takes per row (seeds SEED_SPACING apart)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per take")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
