@@ -14,7 +14,7 @@ IPYW7_STAMP := $(IPYW7)/.installed
 # only adds waiting, and the numbers the notebooks print (compared by nbval) depend on the thread count.
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
-.PHONY: test test-unit test-widgets7 test-notebooks notebooks lab demo bench default-model clean
+.PHONY: test test-unit test-widgets7 test-notebooks lint notebooks lab demo bench default-model clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,14 +34,15 @@ test-unit: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest tests -q
 
 test-widgets7: $(IPYW7_STAMP)
-	@if [ -f tests/test_widgets.py ]; then \
-		$(TEST_ENV) PYTHONPATH=$(IPYW7) $(PY) -m pytest tests/test_widgets.py -q -p no:cacheprovider; \
-	else echo "no widget tests yet"; fi
+	$(TEST_ENV) PYTHONPATH=$(IPYW7) $(PY) -m pytest tests/test_widgets.py -q -p no:cacheprovider
 
 test-notebooks: $(STAMP)
-	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
-		$(TEST_ENV) $(PY) -m pytest --nbval notebooks --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -q -p no:cacheprovider; \
-	else echo "no notebooks yet"; fi
+	$(TEST_ENV) $(PY) -m pytest --nbval notebooks --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg \
+		-q -p no:cacheprovider
+
+# ruff with the rules and line length in pyproject.toml, over the package, tests, benches and notebooks.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 # Re-execute the notebooks after a change that moves what they print (e.g. a retrained default model).
 notebooks: $(STAMP)

@@ -40,11 +40,11 @@ from distill_nb.geometry import ChunkGeometry
 from distill_nb.inversion import DECODED_INVERSION, PREVIOUS_INVERSION, SEED_STYLE_INVERSION
 from distill_nb.model_file import DEFAULT_MODEL_PATH, LoadedVQModel, load_default_model
 from distill_nb.prior import CodePrior, PriorConfig, unflatten_codes
+from distill_nb.sampling import sample_codes, sample_codes_full_forward
 from distill_nb.spectrogram import SpectrogramConfig
 from distill_nb.stages import PRESETS
-from distill_nb.vqvae import VQVAEConfig
-from distill_nb.sampling import sample_codes, sample_codes_full_forward
 from distill_nb.stitching import crossfade_chunks
+from distill_nb.vqvae import VQVAEConfig
 
 NUM_CHUNKS = 10
 SEED_STYLE_OVERLAP = 2400  # 50 ms at 48 kHz

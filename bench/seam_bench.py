@@ -120,7 +120,8 @@ def table(rows: dict[tuple[str, str], dict[str, float]]) -> list[str]:
              "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for (mode, stitch), row in rows.items():
         silent_share = row["silent"] / row["seams"] if row["seams"] else math.nan
-        lines.append(f"| {mode} | {stitch if mode == 'independent' else '(one stream)'} | {row['seams']} | {row['silent']} ({silent_share:.0%}) "
+        stitch_name = stitch if mode == "independent" else "(one stream)"
+        lines.append(f"| {mode} | {stitch_name} | {row['seams']} | {row['silent']} ({silent_share:.0%}) "
                      f"| {row['flux']:.2f} | {row['flux'] / baseline:.2f}x | {row['jump']:.2f} "
                      f"| {row['texture']:.2f} | {row['silent_frames']:.0%} | {row['clicks']} | {row['seconds']:.2f} |")
     return lines
@@ -134,7 +135,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
-    loaded = load_default_model(device=args.device) if args.model is None else load_model(args.model, device=args.device)
+    loaded = (load_default_model(device=args.device) if args.model is None
+              else load_model(args.model, device=args.device))
     seeds = [SEED_SPACING * k for k in range(args.seeds)]  # far apart: neighbouring seeds share windows
     # Stitching applies to independent chunks only: continuation is one stream, one row.
     variants = [("continuation", "crossfade")] + [("independent", stitch) for stitch in STITCHES]

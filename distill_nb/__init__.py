@@ -6,24 +6,48 @@ first use, so `import distill_nb` (and the CLI) does not pull in ipywidgets or m
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
-from distill_nb.analysis import (SILENT_DB, AudioFeatures, LevelStats, SeamReport, audio_features, code_histograms,
-                                 compare_to_training, feature_distance, js_divergence, level_statistics,
-                                 seam_discontinuity, spectral_convergence)
+from distill_nb.analysis import (
+    SILENT_DB,
+    AudioFeatures,
+    LevelStats,
+    SeamReport,
+    audio_features,
+    code_histograms,
+    compare_to_training,
+    feature_distance,
+    js_divergence,
+    level_statistics,
+    seam_discontinuity,
+    spectral_convergence,
+)
 from distill_nb.audio import AudioFileError, load_audio, save_audio
 from distill_nb.corpus import Corpus, SkippedFile, build_corpus, demo_corpus, write_demo_folder
+from distill_nb.generation import (
+    MAX_DURATION_S,
+    GenerationResult,
+    GenerationSettings,
+    encode_audio,
+    generate,
+    generate_audio_from_prior,
+    generate_takes,
+)
 from distill_nb.geometry import ChunkGeometry
-from distill_nb.generation import (MAX_DURATION_S, GenerationResult, GenerationSettings, encode_audio, generate,
-                                   generate_audio_from_prior, generate_takes)
 from distill_nb.inversion import InversionSettings
-from distill_nb.model_file import (DEFAULT_MODEL_PATH, LoadedVQModel, ModelFileError, load_default_model, load_model,
-                                   save_model)
 from distill_nb.loudness import normalise_level
+from distill_nb.model_file import (
+    DEFAULT_MODEL_PATH,
+    LoadedVQModel,
+    ModelFileError,
+    load_default_model,
+    load_model,
+    save_model,
+)
 from distill_nb.prior import CodePrior, PriorConfig, flatten_codes, unflatten_codes
 from distill_nb.quality import QualityReport, evaluate_model
 from distill_nb.sampling import filter_logits, sample_code_sequence, sample_codes
 from distill_nb.spectrogram import CHUNK_SECONDS, Spectrogram, SpectrogramConfig
-from distill_nb.stitching import crossfade_chunks
 from distill_nb.stages import PRESETS, train_default_model, train_model, train_prior, train_vqvae
+from distill_nb.stitching import crossfade_chunks
 from distill_nb.training import TrainingHistory
 from distill_nb.vqvae import CodebookHealth, ConvVQVAE, VQVAEConfig
 
@@ -50,14 +74,15 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "AudioFeatures", "AudioFileError", "CHUNK_SECONDS", "ChunkGeometry", "CodePrior", "CodebookHealth", "CompareGrid", "ConvVQVAE", "Corpus",
-    "DEFAULT_MODEL_PATH", "GenerationResult", "GenerationSettings", "GeneratorPanel", "InversionSettings", "LevelStats",
-    "LoadedVQModel", "MAX_DURATION_S", "ModelFileError", "PRESETS", "PriorConfig", "QualityReport", "SILENT_DB", "SeamReport", "SkippedFile",
-    "Spectrogram", "SpectrogramConfig", "TrainingHistory", "VQVAEConfig", "audio_features", "build_corpus", "code_histograms",
+    "AudioFeatures", "AudioFileError", "CHUNK_SECONDS", "ChunkGeometry", "CodePrior", "CodebookHealth",
+    "CompareGrid", "ConvVQVAE", "Corpus", "DEFAULT_MODEL_PATH", "GenerationResult", "GenerationSettings",
+    "GeneratorPanel", "InversionSettings", "LevelStats", "LoadedVQModel", "MAX_DURATION_S", "ModelFileError",
+    "PRESETS", "PriorConfig", "QualityReport", "SILENT_DB", "SeamReport", "SkippedFile", "Spectrogram",
+    "SpectrogramConfig", "TrainingHistory", "VQVAEConfig", "audio_features", "build_corpus", "code_histograms",
     "compare_to_training", "crossfade_chunks", "demo_corpus", "encode_audio", "evaluate_model", "feature_distance",
-    "filter_logits", "flatten_codes", "generate", "generate_audio_from_prior", "generate_takes",
-    "js_divergence", "level_statistics", "load_audio", "load_default_model", "load_model",
-    "normalise_level", "plot_code_histograms", "plot_filter_demo", "plot_seam_zoom", "plot_spectrogram", "plot_training_curves",
-    "sample_code_sequence", "sample_codes", "save_audio", "save_model", "seam_discontinuity",
-    "spectral_convergence", "train_default_model", "train_model", "train_prior", "train_vqvae", "unflatten_codes", "write_demo_folder",
+    "filter_logits", "flatten_codes", "generate", "generate_audio_from_prior", "generate_takes", "js_divergence",
+    "level_statistics", "load_audio", "load_default_model", "load_model", "normalise_level", "plot_code_histograms",
+    "plot_filter_demo", "plot_seam_zoom", "plot_spectrogram", "plot_training_curves", "sample_code_sequence",
+    "sample_codes", "save_audio", "save_model", "seam_discontinuity", "spectral_convergence", "train_default_model",
+    "train_model", "train_prior", "train_vqvae", "unflatten_codes", "write_demo_folder",
 ]

@@ -32,7 +32,6 @@ from distill_nb.stages import DEFAULT_PRESET, PRESETS, estimate_training_seconds
 from distill_nb.stitching import CURVES
 from distill_nb.training import CheckpointError, TrainingHistory, is_main_process
 
-
 THREADS_HELP = ("CPU threads for torch (default: torch's choice, one per core); 1 is often fastest when "
                 "other programs keep the cores busy")
 
@@ -226,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--prior-epochs", type=_positive_int, help="prior epochs (default: the preset's)")
     train.add_argument("--steps-per-epoch", type=_positive_int, help="steps per epoch of both stages "
                        "(default: the preset's)")
-    train.add_argument("--batch-size", type=_positive_int, help="windows per step of both stages (default: the preset's)")
+    train.add_argument("--batch-size", type=_positive_int,
+                       help="windows per step of both stages (default: the preset's)")
     train.add_argument("--seed", type=int, default=0, help="seed of the split and of training (default 0)")
     train.add_argument("--checkpoint", help="checkpoint file (default: OUTPUT with the suffix .ckpt)")
     train.add_argument("--resume", metavar="CKPT", help="continue the run saved in this checkpoint")

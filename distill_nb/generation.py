@@ -25,7 +25,7 @@ import math
 import secrets
 import time
 from dataclasses import asdict, dataclass, replace
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -196,7 +196,7 @@ class GenerationResult:
         """JSON-safe description of the take, for the sidecar written next to a saved file."""
         try:
             package_version = version("distill_nb")
-        except Exception:  # an uninstalled source tree has no distribution metadata
+        except PackageNotFoundError:  # an uninstalled source tree has no distribution metadata
             package_version = "unknown"
         return {
             "generator": "distill_nb",
@@ -431,7 +431,8 @@ def _render_chunks(loaded: LoadedVQModel, settings: GenerationSettings, plan: _P
         context_mel = None
         if primed:  # the first chunk decodes after its prompt columns, as the prior sampled it
             first = unflatten_codes(tokens[:1], geometry.levels)[0]
-            stream = loaded.vqvae.decode_stream(first.to(loaded.device), (primed + geometry.columns) * geometry.column_frames)
+            frames = (primed + geometry.columns) * geometry.column_frames
+            stream = loaded.vqvae.decode_stream(first.to(loaded.device), frames)
             context_mel = stream[:, : primed * geometry.column_frames]
             mels[0] = stream[:, primed * geometry.column_frames:][:, : geometry.frames]
     start = 0 if context_mel is None else context_mel.shape[1] * geometry.hop_length

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from distill_nb.spectrogram import CHUNK_SECONDS, SpectrogramConfig
 from distill_nb.checks import check_int
+from distill_nb.spectrogram import CHUNK_SECONDS, SpectrogramConfig
 from distill_nb.vqvae import VQVAEConfig
 
 

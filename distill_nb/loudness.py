@@ -16,7 +16,8 @@ PEAK_CEILING_DBFS = -1.0
 _FRAME = 2048  # samples per RMS frame, as analysis.audio_features frames a 48 kHz signal
 
 
-def normalise_level(audio: np.ndarray, mode: str = "peak", target_dbfs: float | None = None) -> tuple[np.ndarray, float]:
+def normalise_level(audio: np.ndarray, mode: str = "peak",
+                    target_dbfs: float | None = None) -> tuple[np.ndarray, float]:
     """Scale ``audio`` (float32 [n]) to a level -> (scaled copy, gain in dB).
 
     Args:

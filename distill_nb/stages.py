@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill_nb.spectrogram import Spectrogram, SpectrogramConfig
 from distill_nb.corpus import Corpus, demo_corpus
 from distill_nb.geometry import ChunkGeometry
 from distill_nb.model_file import LoadedVQModel, save_model
 from distill_nb.prior import CodePrior, PriorConfig
 from distill_nb.progress import Progress, scaled
 from distill_nb.quality import evaluate_model
+from distill_nb.spectrogram import Spectrogram, SpectrogramConfig
 from distill_nb.training import (
     Checkpoint,
     TrainingHistory,

@@ -43,12 +43,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from distill_nb.atomic import write_bytes_atomically
+from distill_nb.checks import check_int, check_real
 from distill_nb.corpus import Corpus
 from distill_nb.model_file import ModelFileError, read_safetensors
 from distill_nb.progress import Progress
-from distill_nb.checks import check_int, check_real
 from distill_nb.vqvae import CodebookHealth
-
 
 WEIGHT_DECAY = 0.01
 WARMUP_FRACTION = 0.05  # of all steps, linear from 0

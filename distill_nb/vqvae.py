@@ -405,7 +405,8 @@ class ConvVQVAE(nn.Module):
         codes = []
         for first, low, high in _segments(columns):
             piece = self.encode(mel[None, :, low * column_frames: high * column_frames].to(device))[0]
-            codes.append(piece[(first - low) * rows: (first - low + min(SEGMENT_COLUMNS, columns - first)) * rows].cpu())
+            kept = min(SEGMENT_COLUMNS, columns - first)
+            codes.append(piece[(first - low) * rows: (first - low + kept) * rows].cpu())
         return torch.cat(codes)
 
     @torch.no_grad()

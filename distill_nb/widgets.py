@@ -50,7 +50,8 @@ class GeneratorPanel:
 
     Controls: temperature (0.1-2.0), top-k (0-512, 0 = off), top-p (0-1, 1 = off), min-p (0-1,
     0 = off), duration (1-30 s), crossfade (0-200 ms, "independent" mode only), mode, level normalisation
-    (peak by default), seed (with a button that draws a fresh one from the OS). Their ranges make an invalid call impossible.
+    (peak by default), seed (with a button that draws a fresh one from the OS). Their ranges make an invalid
+    call impossible.
 
     Generate shows the take's player, its spectrogram (seams dashed), its code histogram per level
     (against the training codes when the model carries them) and per-level statistics; the take is

@@ -6,7 +6,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import tiny_model
 
 from distill_nb.audio import save_audio

@@ -332,7 +332,8 @@ BAD_SETTINGS = [
     ("overlap_samples", -1, ValueError), ("overlap_samples", 10.0, TypeError), ("overlap_samples", False, TypeError),
     ("mode", "sequential", ValueError), ("stitch", "glue", ValueError), ("crossfade_curve", "cubic", ValueError),
     ("context_columns", 0, ValueError), ("context_columns", 1.0, TypeError),
-    ("griffin_lim_iters", 0, ValueError), ("griffin_lim_iters", 513, ValueError), ("griffin_lim_iters", "32", TypeError),
+    ("griffin_lim_iters", 0, ValueError), ("griffin_lim_iters", 513, ValueError),
+    ("griffin_lim_iters", "32", TypeError),
     ("normalise", "loud", ValueError), ("target_dbfs", 1.0, ValueError), ("target_dbfs", math.nan, ValueError),
     ("target_dbfs", "-1", TypeError),
 ]

@@ -16,7 +16,12 @@ import torch
 
 from distill_nb import model_file
 from distill_nb.model_file import (
-    DEFAULT_MODEL_PATH, LoadedVQModel, ModelFileError, load_default_model, load_model, save_model,
+    DEFAULT_MODEL_PATH,
+    LoadedVQModel,
+    ModelFileError,
+    load_default_model,
+    load_model,
+    save_model,
 )
 from distill_nb.prior import CodePrior, PriorConfig
 from distill_nb.spectrogram import Spectrogram, SpectrogramConfig

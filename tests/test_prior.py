@@ -228,7 +228,8 @@ def test_each_position_is_told_the_column_and_slot_of_the_token_it_predicts():
     tokens = random_tokens(1, 24, seed=6)
     before = prior(tokens)
     with torch.no_grad():
-        prior.column_embedding.weight[2] += torch.randn(32, generator=torch.Generator().manual_seed(0))  # LayerNorm removes a constant
+        # Random, not constant: LayerNorm removes a constant shift.
+        prior.column_embedding.weight[2] += torch.randn(32, generator=torch.Generator().manual_seed(0))
     after = prior(tokens)
     assert torch.allclose(after[:, :12], before[:, :12], atol=1e-6)
     assert not torch.allclose(after[:, 12:18], before[:, 12:18], atol=1e-3)

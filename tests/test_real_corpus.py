@@ -33,7 +33,8 @@ def test_the_corpus_holds_two_minutes_of_sounds_and_pitched_held_out_phrases(tmp
     seconds = real_corpus.build(tmp_path, seed=0)
     assert 100 < seconds["train"] < 160 and 30 < seconds["heldout"] < 80
     train = build_corpus(tmp_path / "train")
-    assert not train.skipped and len(train.train_files) + len(train.val_files) == len(list((tmp_path / "train").iterdir()))
+    written = len(list((tmp_path / "train").iterdir()))
+    assert not train.skipped and len(train.train_files) + len(train.val_files) == written
     heldout = build_corpus(tmp_path / "heldout", val_fraction=0.5)
     instruments = heldout.train_audio + heldout.val_audio
     assert len(instruments) == len(real_corpus.INSTRUMENTS)

@@ -444,7 +444,8 @@ def test_sampling_leaves_the_global_rng_alone(prior):
         ({"device": "meta"}, ValueError, r"device must be the prior's device \(cpu\)"),
         ({"length": 0}, ValueError, r"length must be an int in \[1, 24\]"),
         ({"length": 25}, ValueError, r"length must be an int in \[1, 24\]"),
-        ({"length": 2, "prefix": torch.zeros(2, 3, dtype=torch.long)}, ValueError, r"length must be an int in \[3, 24\]"),
+        ({"length": 2, "prefix": torch.zeros(2, 3, dtype=torch.long)}, ValueError,
+         r"length must be an int in \[3, 24\]"),
         ({"length": 2.0}, TypeError, "length"),
     ],
 )

@@ -18,8 +18,8 @@ import torch
 
 from distill_nb import cli
 from distill_nb.corpus import build_corpus, demo_corpus, write_demo_folder
-from distill_nb.model_file import load_model, save_model
 from distill_nb.geometry import ChunkGeometry
+from distill_nb.model_file import load_model, save_model
 from distill_nb.prior import PriorConfig
 from distill_nb.spectrogram import Spectrogram, SpectrogramConfig
 from distill_nb.stages import (
@@ -181,7 +181,8 @@ def test_low_codebook_utilisation_warns(corpus):
 def test_memorisation_warning_rule():
     def history(train_ppl, val_ppl):
         records = [EpochRecord(epoch=i + 1, train_loss=math.log(t), val_loss=math.log(v), lr=1e-3, seconds=1.0,
-                               train_perplexity=t, val_perplexity=v) for i, (t, v) in enumerate(zip(train_ppl, val_ppl))]
+                               train_perplexity=t, val_perplexity=v)
+                   for i, (t, v) in enumerate(zip(train_ppl, val_ppl))]
         return TrainingHistory(stage="prior", epochs=records, best_epoch=1)
 
     assert memorisation_warning(history([3.0, 2.0, 1.6], [3.5, 3.2, 3.4])) is None

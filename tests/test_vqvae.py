@@ -136,7 +136,8 @@ def test_shifting_the_mel_by_one_column_shifts_the_code_columns():
         assert torch.equal(after[col + 1], before[col]), f"column {col}"
     z_before = model.encode_latent(mel_with_block_at(column))
     z_after = model.encode_latent(mel_with_block_at(column + 1))
-    assert (z_before[..., column] - z_before[..., 3]).abs().max() > 1e-2, "the block's column should differ from silence"
+    assert (z_before[..., column] - z_before[..., 3]).abs().max() > 1e-2, \
+        "the block's column should differ from silence"
     torch.testing.assert_close(z_after[..., 5:w - 4], z_before[..., 4:w - 5])
 
 

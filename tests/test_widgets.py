@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from traitlets import TraitError
 from conftest import TINY_H, TINY_K, TINY_Q, TINY_SR, tiny_model
+from traitlets import TraitError
 
 import distill_nb.widgets as widgets_module
 from distill_nb.generation import GenerationResult, GenerationSettings, generate
@@ -283,7 +283,8 @@ def test_compare_grid_labels_and_bad_settings(loaded):
     base = GenerationSettings(duration_s=1.0, griffin_lim_iters=FAST_GL)
     grid = CompareGrid(loaded, [{}], labels=["plain"], base=base)
     assert grid.labels == ["plain"] and "plain" in grid.columns[0].children[0].value
-    assert "JSD" not in CompareGrid(dataclasses.replace(loaded, train_code_counts=None), [base]).columns[0].children[3].value
+    no_counts = dataclasses.replace(loaded, train_code_counts=None)
+    assert "JSD" not in CompareGrid(no_counts, [base]).columns[0].children[3].value
     with pytest.raises(ValueError, match="temprature"):
         CompareGrid(loaded, [{"temprature": 0.5}], base=base)
     with pytest.raises(ValueError, match="labels"):
