@@ -209,7 +209,7 @@ def cmd_train_default(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser: one subcommand per ``cmd_*`` function."""
+    """The argument parser: one subcommand per ``cmd_*`` function (long: one flat declaration per option)."""
     parser = argparse.ArgumentParser(prog="python -m distill_nb",
                                      description="Generative audio from a small corpus: train, inspect, generate.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

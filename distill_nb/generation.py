@@ -458,6 +458,22 @@ def _render_chunks(loaded: LoadedVQModel, settings: GenerationSettings, plan: _P
     return _Rendered(audio, start, codes, mels.cpu(), synthesised_at - started, time.perf_counter() - synthesised_at)
 
 
+def _trim(loaded: LoadedVQModel, settings: GenerationSettings, plan: _Plan, rendered: _Rendered, begin: int,
+          seams: list[int], prompt: np.ndarray | None) -> tuple[np.ndarray, list[int]]:
+    """The take's ``plan.total`` samples from ``begin`` of its render (the end faded where it is cut), after
+    ``prompt`` (crossfaded where the render repeats the prompt's end) when given -> (audio, seam samples)."""
+    audio = rendered.audio[begin: begin + plan.total].copy()
+    if len(rendered.audio) - begin > plan.total:
+        audio = _fade_out_end(audio, loaded.sample_rate)
+    if prompt is None:
+        return audio, list(seams)
+    overlap = min(begin, len(prompt))
+    joined = rendered.audio[begin - overlap: begin + plan.total].copy()
+    joined[overlap:] = audio
+    take_seams = [len(prompt) - overlap + overlap // 2] + [len(prompt) + s for s in seams]
+    return crossfade_chunks([prompt, joined], overlap, curve=settings.crossfade_curve), take_seams
+
+
 # --------------------------------------------------------------------------- public entry points
 
 
@@ -527,17 +543,8 @@ def generate_takes(loaded: LoadedVQModel, settings: GenerationSettings | None, s
     for seed, rendered in zip(seeds, renders):
         # With a prompt, new audio begins where the prompt ends: at most a frame before the primed columns end.
         begin = shared if primed else rendered.start
-        audio = rendered.audio[begin: begin + plan.total].copy()
-        if len(rendered.audio) - begin > plan.total:
-            audio = _fade_out_end(audio, loaded.sample_rate)
-        take_seams = list(seams)
-        if prompt is not None and include_prompt:
-            overlap = min(begin, len(prompt))
-            joined = rendered.audio[begin - overlap: begin + plan.total].copy()
-            joined[overlap:] = audio
-            offset = len(prompt) - overlap
-            take_seams = [offset + overlap // 2] + [len(prompt) + s for s in take_seams]
-            audio = crossfade_chunks([prompt, joined], overlap, curve=settings.crossfade_curve)
+        audio, take_seams = _trim(loaded, settings, plan, rendered, begin, seams,
+                                  prompt if include_prompt else None)
         audio, gain_db = normalise_level(audio, settings.normalise, settings.target_dbfs)
         results.append(GenerationResult(
             audio=np.ascontiguousarray(audio, dtype=np.float32),

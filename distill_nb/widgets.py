@@ -66,6 +66,7 @@ class GeneratorPanel:
 
     def __init__(self, loaded: LoadedVQModel | None = None, *, seed: int = 0,
                  griffin_lim_iters: int = GenerationSettings.griffin_lim_iters) -> None:
+        # Long: every control and output declared here, in the order the panel shows them.
         self.loaded = load_default_model() if loaded is None else loaded
         self.griffin_lim_iters = griffin_lim_iters
         self.last_result: GenerationResult | None = None
