@@ -32,16 +32,8 @@ from real_corpus import build
 from distill_nb import kernels
 from distill_nb.audio import load_audio
 from distill_nb.generation import GenerationSettings, generate
-from distill_nb.inversion import (
-    DECODED_INVERSION,
-    InversionBases,
-    InversionSettings,
-    NNLSStop,
-    griffin_lim,
-    nnls,
-    nnls_start,
-    random_phase,
-)
+from distill_nb.inversion import (DECODED_INVERSION, InversionBases, InversionSettings, NNLSStop, griffin_lim, nnls,
+                                  nnls_start, random_phase)
 from distill_nb.model_file import load_default_model
 from distill_nb.spectrogram import Spectrogram, mel_filterbank
 

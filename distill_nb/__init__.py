@@ -6,42 +6,18 @@ first use, so `import distill_nb` (and the CLI) does not pull in ipywidgets or m
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
-from distill_nb.analysis import (
-    SILENT_DB,
-    AudioFeatures,
-    LevelStats,
-    SeamReport,
-    audio_features,
-    code_histograms,
-    compare_to_training,
-    feature_distance,
-    js_divergence,
-    level_statistics,
-    seam_discontinuity,
-    spectral_convergence,
-)
+from distill_nb.analysis import (SILENT_DB, AudioFeatures, LevelStats, SeamReport, audio_features, code_histograms,
+                                 compare_to_training, feature_distance, js_divergence, level_statistics,
+                                 seam_discontinuity, spectral_convergence)
 from distill_nb.audio import AudioFileError, load_audio, save_audio
 from distill_nb.corpus import Corpus, SkippedFile, build_corpus, demo_corpus, write_demo_folder
-from distill_nb.generation import (
-    MAX_DURATION_S,
-    GenerationResult,
-    GenerationSettings,
-    encode_audio,
-    generate,
-    generate_audio_from_prior,
-    generate_takes,
-)
+from distill_nb.generation import (MAX_DURATION_S, GenerationResult, GenerationSettings, encode_audio, generate,
+                                   generate_audio_from_prior, generate_takes)
 from distill_nb.geometry import ChunkGeometry
 from distill_nb.inversion import InversionSettings
 from distill_nb.loudness import normalise_level
-from distill_nb.model_file import (
-    DEFAULT_MODEL_PATH,
-    LoadedVQModel,
-    ModelFileError,
-    load_default_model,
-    load_model,
-    save_model,
-)
+from distill_nb.model_file import (DEFAULT_MODEL_PATH, LoadedVQModel, ModelFileError, load_default_model, load_model,
+                                   save_model)
 from distill_nb.prior import CodePrior, PriorConfig, flatten_codes, unflatten_codes
 from distill_nb.quality import QualityReport, evaluate_model
 from distill_nb.sampling import filter_logits, sample_code_sequence, sample_codes

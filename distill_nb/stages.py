@@ -31,21 +31,9 @@ from distill_nb.prior import CodePrior, PriorConfig
 from distill_nb.progress import Progress, scaled
 from distill_nb.quality import evaluate_model
 from distill_nb.spectrogram import Spectrogram, SpectrogramConfig
-from distill_nb.training import (
-    Checkpoint,
-    TrainingHistory,
-    check_same_weights,
-    derive_seed,
-    distributed_context,
-    fit,
-    is_main_process,
-    read_checkpoint,
-    read_resume,
-    run_settings,
-    state_tensors,
-    warn,
-    weighted_means,
-)
+from distill_nb.training import (Checkpoint, TrainingHistory, check_same_weights, derive_seed, distributed_context, fit,
+                                 is_main_process, read_checkpoint, read_resume, run_settings, state_tensors, warn,
+                                 weighted_means)
 from distill_nb.vqvae import ConvVQVAE, VQVAEConfig
 
 

@@ -6,20 +6,9 @@ import torch
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import wasserstein_distance
 
-from distill_nb.analysis import (
-    DISTANCE_SCALE_FLOOR,
-    AudioFeatures,
-    LevelStats,
-    SeamReport,
-    audio_features,
-    code_histograms,
-    compare_to_training,
-    feature_distance,
-    js_divergence,
-    level_statistics,
-    seam_discontinuity,
-    spectral_convergence,
-)
+from distill_nb.analysis import (DISTANCE_SCALE_FLOOR, AudioFeatures, LevelStats, SeamReport, audio_features,
+                                 code_histograms, compare_to_training, feature_distance, js_divergence,
+                                 level_statistics, seam_discontinuity, spectral_convergence)
 
 SR = 48000
 

@@ -7,13 +7,7 @@ import pytest
 import soundfile
 import torch
 
-from distill_nb.corpus import (
-    DEMO_PEAK,
-    Corpus,
-    build_corpus,
-    demo_corpus,
-    write_demo_folder,
-)
+from distill_nb.corpus import (DEMO_PEAK, Corpus, build_corpus, demo_corpus, write_demo_folder)
 
 RATE = 16000  # a small model rate keeps the tests fast; chunks are then 16000 samples
 

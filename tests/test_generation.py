@@ -8,15 +8,8 @@ import pytest
 import torch
 from conftest import TINY_H, TINY_K, TINY_Q, TINY_SR, TINY_W, tiny_model
 
-from distill_nb.generation import (
-    MAX_DURATION_S,
-    GenerationResult,
-    GenerationSettings,
-    encode_audio,
-    generate,
-    generate_audio_from_prior,
-    generate_takes,
-)
+from distill_nb.generation import (MAX_DURATION_S, GenerationResult, GenerationSettings, encode_audio, generate,
+                                   generate_audio_from_prior, generate_takes)
 from distill_nb.prior import flatten_codes, unflatten_codes
 from distill_nb.sampling import sample_codes
 

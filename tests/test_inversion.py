@@ -12,18 +12,8 @@ import pytest
 import torch
 from conftest import TINY_MEL, audio_signals, librosa_mel_kwargs, spectral_convergence
 
-from distill_nb.inversion import (
-    DECODED_INVERSION,
-    PREVIOUS_INVERSION,
-    SEED_STYLE_INVERSION,
-    InversionBases,
-    InversionSettings,
-    NNLSStop,
-    griffin_lim,
-    nnls,
-    nnls_start,
-    phase_gradient_start,
-)
+from distill_nb.inversion import (DECODED_INVERSION, PREVIOUS_INVERSION, SEED_STYLE_INVERSION, InversionBases,
+                                  InversionSettings, NNLSStop, griffin_lim, nnls, nnls_start, phase_gradient_start)
 from distill_nb.spectrogram import Spectrogram, SpectrogramConfig, mel_filterbank
 
 CPU = torch.device("cpu")

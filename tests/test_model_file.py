@@ -15,14 +15,8 @@ import safetensors.torch
 import torch
 
 from distill_nb import model_file
-from distill_nb.model_file import (
-    DEFAULT_MODEL_PATH,
-    LoadedVQModel,
-    ModelFileError,
-    load_default_model,
-    load_model,
-    save_model,
-)
+from distill_nb.model_file import (DEFAULT_MODEL_PATH, LoadedVQModel, ModelFileError, load_default_model, load_model,
+                                   save_model)
 from distill_nb.prior import CodePrior, PriorConfig
 from distill_nb.spectrogram import Spectrogram, SpectrogramConfig
 from distill_nb.vqvae import ConvVQVAE, VQVAEConfig

@@ -10,13 +10,7 @@ import pytest
 import torch
 
 from distill_nb.prior import CodePrior, PriorConfig
-from distill_nb.sampling import (
-    _draw,
-    filter_logits,
-    sample_code_sequence,
-    sample_codes,
-    sample_codes_full_forward,
-)
+from distill_nb.sampling import (_draw, filter_logits, sample_code_sequence, sample_codes, sample_codes_full_forward)
 
 TINY = PriorConfig(codebook_size=16, levels=3, column_tokens=6, seq_len=24, d_model=32, n_layers=2, n_heads=4)
 INF = math.inf

@@ -22,17 +22,8 @@ from distill_nb.geometry import ChunkGeometry
 from distill_nb.model_file import load_model, save_model
 from distill_nb.prior import PriorConfig
 from distill_nb.spectrogram import Spectrogram, SpectrogramConfig
-from distill_nb.stages import (
-    code_stream,
-    estimate_training_seconds,
-    file_mels,
-    memorisation_warning,
-    random_mel_windows,
-    random_token_windows,
-    train_model,
-    train_prior,
-    train_vqvae,
-)
+from distill_nb.stages import (code_stream, estimate_training_seconds, file_mels, memorisation_warning,
+                               random_mel_windows, random_token_windows, train_model, train_prior, train_vqvae)
 from distill_nb.training import CheckpointError, EpochRecord, TrainingHistory, read_checkpoint
 from distill_nb.vqvae import VQVAEConfig
 
