@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from distill_nb.checks import check_int, check_positive
+
 # top_share in LevelStats: the share of all counts that falls on the most used TOP_FRACTION of the codebook.
 TOP_FRACTION = 0.1
 # A frame more than this many dB below the loudest frame of its signal is silent (seams, audio features).
@@ -35,14 +37,12 @@ def code_histograms(codes: torch.Tensor | np.ndarray, codebook_size: int,
     codes = torch.as_tensor(codes)
     if codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool:
         raise TypeError(f"codes must be an integer tensor, got dtype {codes.dtype}")
-    if isinstance(codebook_size, bool) or not isinstance(codebook_size, int) or codebook_size < 1:
-        raise ValueError(f"codebook_size must be an int >= 1, got {codebook_size!r}")
+    codebook_size = check_int("codebook_size", codebook_size, 1)
     if codes.dim() < 1 or codes.numel() == 0:
         raise ValueError(f"codes must be a non-empty tensor [..., P, Q], got shape {tuple(codes.shape)}")
     if levels is not None:
-        if levels < 1 or codes.shape[-1] % levels:
-            raise ValueError(f"levels must be >= 1 and divide the token count {codes.shape[-1]}, "
-                             f"got {levels}")
+        if codes.shape[-1] % check_int("levels", levels, 1):
+            raise ValueError(f"levels must divide the token count {codes.shape[-1]}, got {levels}")
         codes = codes.reshape(*codes.shape[:-1], -1, levels)
     low, high = int(codes.min()), int(codes.max())
     if low < 0 or high >= codebook_size:
@@ -260,8 +260,7 @@ def seam_discontinuity(audio: np.ndarray | torch.Tensor, sample_rate: int, seam_
     x = _real_array(audio, "audio")
     if x.ndim != 1:
         raise ValueError(f"audio must be mono [n], got shape {x.shape}")
-    if not sample_rate > 0:
-        raise ValueError(f"sample_rate must be > 0 Hz, got {sample_rate}")
+    check_positive("sample_rate", sample_rate)
     if not 2 <= n_fft <= len(x):
         raise ValueError(f"n_fft must be in [2, len(audio)={len(x)}], got {n_fft}")
     if not 1 <= hop <= n_fft:
@@ -439,13 +438,12 @@ def audio_features(signals: np.ndarray | torch.Tensor | Sequence[np.ndarray | to
     frame's normalised autocorrelation divided by the window's, whose highest value over the lags of
     ``PITCH_RANGE_HZ`` is clipped to [0, 1]; a constant frame (a DC offset) gets 0.
     """
-    rate = _positive_real(sample_rate, "sample_rate")
-    if isinstance(hop_length, bool) or not isinstance(hop_length, int) or hop_length < 1:
-        raise ValueError(f"hop_length must be an int >= 1, got {hop_length!r}")
+    rate = check_positive("sample_rate", sample_rate)
+    hop_length = check_int("hop_length", hop_length, 1)
     shortest_lag = math.ceil(rate / PITCH_RANGE_HZ[1])
     longest_lag = math.floor(rate / PITCH_RANGE_HZ[0])
-    if (isinstance(frame_length, bool) or not isinstance(frame_length, int)
-            or frame_length < max(2 * longest_lag, 2)):
+    frame_length = check_int("frame_length", frame_length)  # the range below says where its bound comes from
+    if frame_length < max(2 * longest_lag, 2):
         raise ValueError(f"frame_length must be an int >= 2 * sample_rate / {PITCH_RANGE_HZ[0]:g} = "
                          f"{max(2 * longest_lag, 2)} samples at {rate:g} Hz, got {frame_length!r}")
     arrays = _signal_list(signals, frame_length)
@@ -566,14 +564,6 @@ def _real_array(value: object, name: str) -> np.ndarray:
     if not np.isfinite(array).all():
         raise ValueError(f"{name} must be finite, got NaN or inf")
     return array
-
-
-def _positive_real(value: object, name: str) -> float:
-    """A finite number > 0 as float; ValueError naming it otherwise."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
 
 
 def _signal_list(signals: object, frame_length: int) -> list[np.ndarray]:

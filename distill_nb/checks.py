@@ -39,6 +39,18 @@ def check_real(name: str, value: Any, expected: str = "", ok: Callable[[float], 
     return value
 
 
+def check_positive(name: str, value: Any) -> float:
+    """``value`` as a finite float > 0: the one range rates, temperatures and learning rates share."""
+    return check_real(name, value, "> 0", lambda v: v > 0)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` if it is True or False; TypeError otherwise, since a truthy 1 or "no" would pass silently."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     """``value`` if it is one of ``allowed``; ValueError listing them otherwise."""
     if not isinstance(value, str) or value not in allowed:

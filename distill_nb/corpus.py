@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from distill_nb.audio import AudioFileError, load_audio, save_audio
+from distill_nb.checks import check_int, check_positive, check_real
 from distill_nb.spectrogram import CHUNK_SECONDS
 
 Progress = Callable[[float, str], None]
@@ -141,7 +142,8 @@ def build_corpus(
 
     Raises FileNotFoundError when the folder does not exist, ValueError when it holds no usable audio.
     """
-    _check_split_args(sample_rate, val_fraction)
+    sample_rate = check_int("sample_rate", sample_rate, 1)
+    val_fraction = check_real("val_fraction", val_fraction, "in (0, 0.5]", lambda v: 0 < v <= 0.5)
     root = pathlib.Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"corpus folder {str(root)!r} does not exist or is not a folder")
@@ -184,7 +186,7 @@ def demo_corpus(seed: int = 0, seconds: float = 120.0, sample_rate: int = 48000)
     phrase peaks at -3 dBFS. Deterministic from ``seed``.
     """
     names, phrases = _demo_phrases(seed, seconds, sample_rate)
-    corpus = _split_corpus(names, phrases, sample_rate, 0.15, seed)
+    corpus = _split_corpus(names, phrases, int(sample_rate), 0.15, seed)  # checked above; a numpy int becomes an int
     corpus.source = f"demo (seed {seed})"
     return corpus
 
@@ -227,7 +229,6 @@ def _split_corpus(
     names: Sequence[str], audios: Sequence[np.ndarray], sample_rate: int, val_fraction: float, seed: int
 ) -> Corpus:
     """Split by file when some file fits in the validation budget, else by time (see module doc)."""
-    _check_split_args(sample_rate, val_fraction)
     lengths = [len(a) for a in audios]
     budget = val_fraction * sum(lengths)
     order = np.random.default_rng(seed).permutation(len(audios))
@@ -255,13 +256,6 @@ def _split_corpus(
         val_files=[name for name, a, cut in zip(names, audios, cuts) if cut < len(a)],
         split_mode="time",
     )
-
-
-def _check_split_args(sample_rate: int, val_fraction: float) -> None:
-    if not isinstance(sample_rate, int) or sample_rate <= 0:
-        raise ValueError(f"sample_rate must be a positive int (Hz), got {sample_rate!r}")
-    if not 0.0 < val_fraction <= 0.5:
-        raise ValueError(f"val_fraction must be in (0, 0.5], got {val_fraction!r}")
 
 
 def _no_audio_message(root: pathlib.Path, skipped: list[SkippedFile], ignored: int) -> str:
@@ -295,10 +289,8 @@ _BELL_DECAYS = np.array([1.0, 0.9, 0.65, 0.55, 0.325, 0.35, 0.25, 0.2, 0.15])
 
 
 def _demo_phrases(seed: int, seconds: float, sample_rate: int) -> tuple[list[str], list[np.ndarray]]:
-    if not np.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"seconds must be a positive number, got {seconds!r}")
-    if not isinstance(sample_rate, int) or sample_rate < 8000:
-        raise ValueError(f"sample_rate must be an int >= 8000 (Hz), got {sample_rate!r}")
+    seconds = check_positive("seconds", seconds)
+    sample_rate = check_int("sample_rate", sample_rate, 8000)
     rng = np.random.default_rng(seed)
     total = int(round(seconds * sample_rate))
     phrase = int(round(DEMO_PHRASE_SECONDS * sample_rate))

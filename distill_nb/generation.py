@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import torch
 
-from distill_nb.checks import check_choice, check_int, check_real
+from distill_nb.checks import check_choice, check_int, check_positive, check_real
 from distill_nb.geometry import ChunkGeometry
 from distill_nb.inversion import DECODED_INVERSION
 from distill_nb.loudness import NORMALISATIONS, normalise_level
@@ -51,11 +51,6 @@ END_FADE_S = 0.01  # fade-out applied where the audio is cut to the requested le
 CODEC_BATCH = 64  # chunks per VQ-VAE decode call, to bound memory
 
 
-def check_seed(seed: object, name: str = "seed") -> int:
-    """Return ``seed`` as an int in [0, 2**63); TypeError/ValueError otherwise (bools rejected)."""
-    return check_int(name, seed, 0, SEED_LIMIT - 1)
-
-
 def _audio_array(name: str, audio: object) -> np.ndarray:
     """``audio`` as a non-empty, finite, 1-D float32 array."""
     try:
@@ -70,10 +65,6 @@ def _audio_array(name: str, audio: object) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- settings and result
-
-
-def _positive(name: str, value: object) -> float:
-    return check_real(name, value, "> 0", lambda v: v > 0)
 
 
 @dataclass(frozen=True)
@@ -118,9 +109,9 @@ class GenerationSettings:
         if isinstance(self.temperature, (tuple, list)):
             if not self.temperature:
                 raise ValueError("temperature must be a finite number > 0 or one per level, got ()")
-            temperature = tuple(_positive(f"temperature[{level}]", v) for level, v in enumerate(self.temperature))
+            temperature = tuple(check_positive(f"temperature[{level}]", v) for level, v in enumerate(self.temperature))
         else:
-            temperature = _positive("temperature", self.temperature)
+            temperature = check_positive("temperature", self.temperature)
         in_unit = ("in [0, 1]", lambda v: 0.0 <= v <= 1.0)
         normalised = dict(
             temperature=temperature,
@@ -506,7 +497,7 @@ def generate_takes(loaded: LoadedVQModel, settings: GenerationSettings | None, s
         raise TypeError(f"settings must be a GenerationSettings or None, got {type(settings).__name__}")
     if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or len(seeds) == 0:
         raise ValueError(f"seeds must be a non-empty sequence of ints in [0, 2**63), got {seeds!r}")
-    seeds = [check_seed(seed, f"seeds[{k}]") for k, seed in enumerate(seeds)]
+    seeds = [check_int(f"seeds[{k}]", seed, 0, SEED_LIMIT - 1) for k, seed in enumerate(seeds)]
     plan = _plan(loaded, settings)
     if prompt is not None:
         prompt = _audio_array("prompt", prompt)

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from numbers import Integral
 from typing import TYPE_CHECKING
 
 import torch
 
 from distill_nb import kernels
-from distill_nb.checks import check_int, check_real
+from distill_nb.checks import check_bool, check_int, check_real
 
 if TYPE_CHECKING:  # spectrogram.py imports this module
     from distill_nb.spectrogram import SpectrogramConfig
@@ -76,14 +75,9 @@ class InversionSettings:
         object.__setattr__(self, "nnls_max_steps", check_int("nnls_max_steps", self.nnls_max_steps, 0))
         if self.phase_start not in _PHASE_STARTS:
             raise ValueError(f"phase_start must be one of {_PHASE_STARTS}, got {self.phase_start!r}")
-        relaxation = check_real("relaxation", self.relaxation)
-        if not 1.0 <= relaxation < 2.0:
-            raise ValueError(f"relaxation must be in [1, 2), got {relaxation}")
-        tolerance = check_real("nnls_tolerance", self.nnls_tolerance)
-        if not 0.0 < tolerance < 1.0:
-            raise ValueError(f"nnls_tolerance must be in (0, 1), got {tolerance}")
-        if not isinstance(self.fast_kernels, bool):
-            raise TypeError(f"fast_kernels must be True or False, got {self.fast_kernels!r}")
+        relaxation = check_real("relaxation", self.relaxation, "in [1, 2)", lambda v: 1.0 <= v < 2.0)
+        tolerance = check_real("nnls_tolerance", self.nnls_tolerance, "in (0, 1)", lambda v: 0.0 < v < 1.0)
+        check_bool("fast_kernels", self.fast_kernels)
         object.__setattr__(self, "relaxation", relaxation)
         object.__setattr__(self, "nnls_tolerance", tolerance)
 
@@ -168,10 +162,11 @@ def _checked(mel: torch.Tensor, config: SpectrogramConfig, settings: InversionSe
     # than n_fft // 2 samples, or it cannot reflect-pad them.
     shortest = max((frames - 1) * hop, config.n_fft // 2 + 1)
     length = shortest if length is None else length
-    if isinstance(length, bool) or not isinstance(length, Integral) or not shortest <= length < frames * hop:
-        raise ValueError(f"length must be an integer in [{shortest}, {frames * hop}) for {frames} frames "
-                         f"(hop {hop}, n_fft {config.n_fft}), got {length!r}")
-    return mel, int(length)
+    length = check_int("length", length)  # the range below says where its bounds come from
+    if not shortest <= length < frames * hop:
+        raise ValueError(f"length must be an int in [{shortest}, {frames * hop}) for {frames} frames "
+                         f"(hop {hop}, n_fft {config.n_fft}), got {length}")
+    return mel, length
 
 
 # --------------------------------------------------------------------------------------------------

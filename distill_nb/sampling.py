@@ -18,37 +18,21 @@ from collections.abc import Callable, Sequence
 import torch
 
 from distill_nb import kernels
-from distill_nb.checks import check_int
+from distill_nb.checks import check_int, check_positive, check_real
 from distill_nb.prior import CodePrior
 
 # logits_at(codes [B, seq_len], i) -> float32 logits [B, codebook_size] of codes[:, i] given codes[:, :i]
 LogitsAt = Callable[[torch.Tensor, int], torch.Tensor]
 
 
-def _check_temperature(temperature: float, name: str = "temperature") -> None:
-    if not isinstance(temperature, numbers.Real) or isinstance(temperature, bool):
-        raise TypeError(f"{name} must be a finite float > 0, got {temperature!r}")
-    if not 0.0 < temperature < math.inf:
-        raise ValueError(f"{name} must be a finite float > 0, got {temperature}")
-
-
-def _check_filters(top_k: int, top_p: float, min_p: float) -> None:
-    if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool):
-        raise TypeError(f"top_k must be an int >= 0 (0 = off), got {top_k!r}")
-    if top_k < 0:
-        raise ValueError(f"top_k must be an int >= 0 (0 = off), got {top_k}")
-    for name, value in (("top_p", top_p), ("min_p", min_p)):
-        if not isinstance(value, numbers.Real) or isinstance(value, bool):
-            raise TypeError(f"{name} must be a float in [0, 1] (0 = off), got {value!r}")
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} must be a float in [0, 1] (0 = off), got {value}")
+# check_real's description and test for top_p and min_p; 0 turns either filter off.
+_UNIT_RANGE = ("in [0, 1] (0 = off)", lambda v: 0.0 <= v <= 1.0)
 
 
 def _temperature_divisor(temperature: float | torch.Tensor, logits: torch.Tensor) -> float | torch.Tensor:
     """A float, or a per-row tensor [B] / [B, 1] reshaped to broadcast over logits [B, V]."""
     if not isinstance(temperature, torch.Tensor):
-        _check_temperature(temperature)
-        return float(temperature)
+        return check_positive("temperature", temperature)
     if temperature.is_complex() or temperature.dtype == torch.bool:
         raise TypeError(f"temperature must be a real tensor, got dtype {temperature.dtype}")
     if temperature.ndim > 0 and (logits.ndim != 2 or temperature.shape not in ((len(logits),), (len(logits), 1))):
@@ -81,7 +65,8 @@ def filter_logits(
     `logits` itself is never modified. Logits may hold -inf, but NaN, +inf (also from a temperature
     so small that scaling overflows) or a row that is entirely -inf raise ValueError.
     """
-    _check_filters(top_k, top_p, min_p)
+    top_k = check_int("top_k", top_k, 0)
+    top_p, min_p = check_real("top_p", top_p, *_UNIT_RANGE), check_real("min_p", min_p, *_UNIT_RANGE)
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
         raise TypeError(f"logits must be a floating-point torch.Tensor [..., V], got {logits!r:.80}")
     if logits.ndim == 0 or logits.shape[-1] == 0:
@@ -184,31 +169,15 @@ def _full_forward_logits(prior: CodePrior, batch_size: int, device: torch.device
 
 
 def _level_temperatures(temperature: float | Sequence[float], levels: int) -> list[float]:
-    if isinstance(temperature, numbers.Real) and not isinstance(temperature, bool):
-        _check_temperature(temperature)
-        return [float(temperature)] * levels
+    if isinstance(temperature, numbers.Real):  # a bool too: check_positive names and rejects it
+        return [check_positive("temperature", temperature)] * levels
     if not isinstance(temperature, Sequence) or isinstance(temperature, str):
         raise TypeError(f"temperature must be a float or a sequence of {levels} floats, got {temperature!r}")
     if len(temperature) != levels:
         raise ValueError(
             f"temperature must have one value per level ({levels}), got {len(temperature)}: {temperature!r}"
         )
-    for level, value in enumerate(temperature):
-        _check_temperature(value, f"temperature[{level}]")
-    return [float(value) for value in temperature]
-
-
-def _check_seeds(seeds: Sequence[int], num_sequences: int) -> list[int]:
-    if not isinstance(num_sequences, numbers.Integral) or isinstance(num_sequences, bool) or num_sequences < 1:
-        raise ValueError(f"num_sequences must be an int >= 1, got {num_sequences!r}")
-    if not isinstance(seeds, Sequence) or isinstance(seeds, str) or len(seeds) != num_sequences:
-        raise ValueError(f"seeds must be a sequence of num_sequences={num_sequences} ints, got {seeds!r:.80}")
-    for seed in seeds:
-        if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
-            raise TypeError(f"seeds must hold ints in [0, 2**64), got {seed!r}")
-        if not 0 <= seed < 2**64:
-            raise ValueError(f"seeds must hold ints in [0, 2**64), got {seed}")
-    return [int(seed) for seed in seeds]
+    return [check_positive(f"temperature[{level}]", value) for level, value in enumerate(temperature)]
 
 
 def _check_prefix(prefix: torch.Tensor, prior: CodePrior, num_sequences: int) -> None:
@@ -237,9 +206,14 @@ def _sample(
     length: int | None,
 ) -> torch.Tensor:
     """The sampling loop shared by sample_codes and sample_codes_full_forward: filter, sample, append."""
-    _check_filters(top_k, top_p, min_p)
+    top_k = check_int("top_k", top_k, 0)
+    top_p, min_p = check_real("top_p", top_p, *_UNIT_RANGE), check_real("min_p", min_p, *_UNIT_RANGE)
     temperatures = _level_temperatures(temperature, prior.levels)
-    seeds = _check_seeds(seeds, num_sequences)
+    num_sequences = check_int("num_sequences", num_sequences, 1)
+    if not isinstance(seeds, Sequence) or isinstance(seeds, str) or len(seeds) != num_sequences:
+        raise ValueError(f"seeds must be a sequence of num_sequences={num_sequences} ints, got {seeds!r:.80}")
+    # torch.Generator.manual_seed takes any 64-bit unsigned seed.
+    seeds = [check_int(f"seeds[{b}]", seed, 0, 2**64 - 1) for b, seed in enumerate(seeds)]
     prior_device = next(prior.parameters()).device
     if device is not None and torch.empty(0, device=device).device != prior_device:
         raise ValueError(f"device must be the prior's device ({prior_device}) or None, got {device}")

@@ -8,10 +8,11 @@ signal stays constant, right for correlated material); "equal_power" gains satis
 from __future__ import annotations
 
 from collections.abc import Sequence
-from numbers import Integral
 
 import numpy as np
 import torch
+
+from distill_nb.checks import check_int
 
 __all__ = ["CURVES", "fade_in", "crossfade_chunks", "overlap_add_mels"]
 
@@ -60,12 +61,9 @@ def crossfade_chunks(
     if any(a.ndim != 1 for a in arrays):
         raise ValueError(f"chunks must be 1-D, got shapes {[a.shape for a in arrays]}")
     shortest = min(a.shape[0] for a in arrays)
-    if isinstance(overlap_samples, bool) or not isinstance(overlap_samples, Integral) or not (
-        0 <= overlap_samples <= shortest
-    ):
-        raise ValueError(f"overlap_samples must be an integer in [0, {shortest}] (the shortest chunk), "
-                         f"got {overlap_samples!r}")
-    overlap = int(overlap_samples)
+    overlap = check_int("overlap_samples", overlap_samples)  # the range below says where its bound comes from
+    if not 0 <= overlap <= shortest:
+        raise ValueError(f"overlap_samples must be an int in [0, {shortest}] (the shortest chunk), got {overlap}")
     gain_in = fade_in(overlap, curve)
     gain_out = np.sqrt(1.0 - gain_in**2) if curve == "equal_power" else 1.0 - gain_in
     gain_in, gain_out = gain_in.astype(np.float32), gain_out.astype(np.float32)

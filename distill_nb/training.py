@@ -43,7 +43,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from distill_nb.atomic import write_bytes_atomically
-from distill_nb.checks import check_int, check_real
+from distill_nb.checks import check_int, check_positive
 from distill_nb.corpus import Corpus
 from distill_nb.model_file import ModelFileError, read_safetensors
 from distill_nb.progress import Progress
@@ -297,8 +297,7 @@ def fit(
     extra: dict | None,
 ) -> TrainingHistory:
     """Train ``model`` for the epochs of ``run`` (resuming ``checkpoint``) and keep its best weights."""
-    if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be an int >= 1 (epochs), got {checkpoint_every!r}")
+    check_int("checkpoint_every", checkpoint_every, 1)
     path = pathlib.Path(checkpoint_path) if checkpoint_path is not None else None
     report = progress if ctx.rank == 0 else None
     stage_name = {"vqvae": "VQ-VAE", "prior": "prior"}[run["stage"]]
@@ -398,7 +397,7 @@ def run_settings(stage: str, config: dict, corpus: Corpus, requested: dict[str, 
         if value is None:
             value = checkpoint.settings[name] if checkpoint is not None else defaults[name]
         if name == "lr":
-            value = check_real("lr", value, "> 0", lambda v: v > 0)
+            value = check_positive("lr", value)
         else:
             value = check_int(name, value, 1)
         settings[name] = value

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from vector_quantize_pytorch import ResidualVQ
 
-from distill_nb.checks import check_int, check_real, config_from_dict
+from distill_nb.checks import check_bool, check_int, check_real, config_from_dict
 
 # A code counts as used when its EMA cluster size reaches this, if dead-code replacement is off
 # (dead_code_threshold == 0); otherwise the dead-code threshold itself decides.
@@ -103,8 +103,7 @@ class VQVAEConfig:
         check_int("code_dim", self.code_dim, 1)
         check_int("levels", self.levels, 1)
         check_int("codebook_size", self.codebook_size, 2)
-        if not isinstance(self.kmeans_init, bool):
-            raise TypeError(f"kmeans_init must be a bool, got {self.kmeans_init!r}")
+        check_bool("kmeans_init", self.kmeans_init)
         ranges = {
             "commitment_weight": ("in [0, inf)", lambda v: v >= 0),
             "spectral_weight": ("in [0, inf)", lambda v: v >= 0),

@@ -50,6 +50,8 @@ def test_histograms_reject_bad_arguments():
         code_histograms(torch.zeros(4, 3), 8)
     with pytest.raises(ValueError, match="codebook_size"):
         code_histograms(torch.zeros(4, 3, dtype=torch.long), 0)
+    with pytest.raises(TypeError, match="codebook_size"):
+        code_histograms(torch.zeros(4, 3, dtype=torch.long), True)
     with pytest.raises(ValueError, match="levels"):
         code_histograms(torch.zeros(2, 10, dtype=torch.long), 8, levels=3)
     with pytest.raises(ValueError, match="codes"):
@@ -405,19 +407,20 @@ def test_audio_features_reject_bad_signals(signals, match):
         audio_features(signals, SR)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"sample_rate": 0}, "sample_rate must be a finite number > 0"),
-    ({"sample_rate": -SR}, "sample_rate"),
-    ({"sample_rate": math.nan}, "sample_rate"),
-    ({"sample_rate": True}, "sample_rate"),
-    ({"sample_rate": "48000"}, "sample_rate"),
-    ({"sample_rate": 96000}, "frame_length must be an int >= 2 \\* sample_rate / 60 = 3200"),
-    ({"frame_length": 1024}, "frame_length"),
-    ({"hop_length": 0}, "hop_length must be an int >= 1"),
-    ({"hop_length": 1.5}, "hop_length"),
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"sample_rate": 0}, ValueError, "sample_rate must be a finite number > 0"),
+    ({"sample_rate": -SR}, ValueError, "sample_rate"),
+    ({"sample_rate": math.nan}, ValueError, "sample_rate"),
+    ({"sample_rate": True}, TypeError, "sample_rate"),
+    ({"sample_rate": "48000"}, TypeError, "sample_rate"),
+    ({"sample_rate": 96000}, ValueError, "frame_length must be an int >= 2 \\* sample_rate / 60 = 3200"),
+    ({"frame_length": 1024}, ValueError, "frame_length"),
+    ({"frame_length": 2048.0}, TypeError, "frame_length must be an int"),
+    ({"hop_length": 0}, ValueError, "hop_length must be an int >= 1"),
+    ({"hop_length": 1.5}, TypeError, "hop_length"),
 ])
-def test_audio_features_reject_bad_settings(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_audio_features_reject_bad_settings(kwargs, error, match):
+    with pytest.raises(error, match=match):
         audio_features(noise(1), **{"sample_rate": SR, **kwargs})
 
 

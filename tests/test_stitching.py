@@ -56,8 +56,11 @@ def test_crossfade_gains(curve):
 
 def test_crossfade_errors():
     chunks = [np.zeros(10, np.float32), np.zeros(20, np.float32)]
-    for overlap in (-1, 11, 2.5):
-        with pytest.raises(ValueError, match="overlap_samples"):
+    for overlap in (-1, 11):
+        with pytest.raises(ValueError, match=r"overlap_samples must be an int in \[0, 10\]"):
+            crossfade_chunks(chunks, overlap)
+    for overlap in (2.5, True):
+        with pytest.raises(TypeError, match="overlap_samples"):
             crossfade_chunks(chunks, overlap)
     with pytest.raises(ValueError, match="curve"):
         crossfade_chunks(chunks, 5, curve="cosine")
