@@ -243,7 +243,7 @@ _FLUX_FLOOR_DB = 80.0
 
 
 def seam_discontinuity(audio: np.ndarray | torch.Tensor, sample_rate: int, seam_samples: list[int],
-                       n_fft: int = 1024, hop: int = 256) -> SeamReport:
+                       n_fft: int = 1024, hop_length: int = 256) -> SeamReport:
     """Measure how abrupt each seam of stitched audio is (see ``SeamReport`` for the method).
 
     Args:
@@ -251,7 +251,7 @@ def seam_discontinuity(audio: np.ndarray | torch.Tensor, sample_rate: int, seam_
         sample_rate: Hz, > 0.
         seam_samples: seam positions in samples, each in [1, n - 1] (e.g. ``GenerationResult.seam_samples``).
         n_fft: STFT frame length in samples (Hann window, no padding), 2 <= n_fft <= n.
-        hop: STFT hop in samples, 1 <= hop <= n_fft.
+        hop_length: STFT hop in samples, 1 <= hop_length <= n_fft.
 
     Spectral flux of frame i: L2 norm of the positive part of (S_i - S_{i-1}), with S the log magnitude
     in dB relative to the loudest bin of the signal, floored at -80 dB. Silence is judged on the same
@@ -263,14 +263,14 @@ def seam_discontinuity(audio: np.ndarray | torch.Tensor, sample_rate: int, seam_
     check_positive("sample_rate", sample_rate)
     if not 2 <= n_fft <= len(x):
         raise ValueError(f"n_fft must be in [2, len(audio)={len(x)}], got {n_fft}")
-    if not 1 <= hop <= n_fft:
-        raise ValueError(f"hop must be in [1, n_fft={n_fft}], got {hop}")
+    if not 1 <= hop_length <= n_fft:
+        raise ValueError(f"hop_length must be in [1, n_fft={n_fft}], got {hop_length}")
     seams = [int(s) for s in seam_samples]
     if any(not 1 <= s <= len(x) - 1 for s in seams):
         raise ValueError(f"seam_samples must lie in [1, len(audio) - 1 = {len(x) - 1}], got {seams}")
 
-    raw_frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop]
-    silent_frame = _frame_level_db(x, n_fft, hop) < -SILENT_DB
+    raw_frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop_length]
+    silent_frame = _frame_level_db(x, n_fft, hop_length) < -SILENT_DB
     magnitude = np.abs(np.fft.rfft(raw_frames * np.hanning(n_fft), axis=-1))
     log_mag = 20 * np.log10(np.maximum(magnitude / max(magnitude.max(), 1e-12), 1e-12))
     log_mag = np.maximum(log_mag, -_FLUX_FLOOR_DB)
@@ -282,8 +282,8 @@ def seam_discontinuity(audio: np.ndarray | torch.Tensor, sample_rate: int, seam_
     # The flux values whose frame pair covers seam s: frames starting in (s - n_fft, s], plus the next one.
     regions = []
     for s in seams:
-        first_frame = max(0, -(-(s - n_fft + 1) // hop))
-        last_frame = min(s // hop, len(raw_frames) - 1)
+        first_frame = max(0, -(-(s - n_fft + 1) // hop_length))
+        last_frame = min(s // hop_length, len(raw_frames) - 1)
         if first_frame > last_frame:
             raise ValueError(f"seam at sample {s} lies after the last full frame of n_fft={n_fft}; "
                              f"seam_samples must leave a frame to measure")
@@ -295,7 +295,7 @@ def seam_discontinuity(audio: np.ndarray | torch.Tensor, sample_rate: int, seam_
     near_seam = np.zeros(len(flux), dtype=bool)
     for lo, hi in regions:
         near_seam[lo:hi + 1] = True
-    width = min(n_fft // hop + 1, len(flux))
+    width = min(n_fft // hop_length + 1, len(flux))
     stretch_peak = np.lib.stride_tricks.sliding_window_view(flux, width).max(axis=-1)
     clean = ~np.lib.stride_tricks.sliding_window_view(near_seam, width).any(axis=-1)
     if not clean.any():
@@ -310,7 +310,7 @@ def seam_discontinuity(audio: np.ndarray | torch.Tensor, sample_rate: int, seam_
     jump = np.array([steps[s - 1] for s in seams])
     # Step n (x[n] to x[n + 1]) counts when both samples lie in one non-silent frame: a difference array
     # marks steps start .. start + n_fft - 2 of every such frame.
-    starts = np.flatnonzero(~silent_frame) * hop
+    starts = np.flatnonzero(~silent_frame) * hop_length
     cover = np.zeros(len(steps) + 1, dtype=np.int64)
     cover[starts] += 1
     cover[starts + n_fft - 1] -= 1
@@ -326,7 +326,7 @@ def seam_discontinuity(audio: np.ndarray | torch.Tensor, sample_rate: int, seam_
         problems.append("jump: all audio is silent, so there is no typical sample jump")
     elif typical_jump == 0:
         problems.append("jump: the non-silent audio never changes from one sample to the next (typical jump 0)")
-    return SeamReport(seam_samples=seams, sample_rate=int(sample_rate), n_fft=n_fft, hop_length=hop,
+    return SeamReport(seam_samples=seams, sample_rate=int(sample_rate), n_fft=n_fft, hop_length=hop_length,
                       silent=silent, seam_flux=seam_flux, baseline_flux=baseline,
                       flux_ratio=_seam_ratio(seam_flux, baseline, silent), jump=jump, typical_jump=typical_jump,
                       jump_ratio=_seam_ratio(jump, typical_jump, silent),

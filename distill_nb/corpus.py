@@ -18,7 +18,7 @@ Validation split (deterministic from ``seed``):
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,9 +26,8 @@ import torch
 
 from distill_nb.audio import AudioFileError, load_audio, save_audio
 from distill_nb.checks import check_int, check_positive, check_real
+from distill_nb.progress import Progress
 from distill_nb.spectrogram import CHUNK_SECONDS
-
-Progress = Callable[[float, str], None]
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
 SILENCE_PEAK = 1e-4  # -80 dBFS: below this a file holds nothing worth learning from

@@ -404,8 +404,9 @@ def _frequency_integral(bin_step: torch.Tensor, anchor: torch.Tensor) -> torch.T
 # Griffin-Lim
 
 
-def griffin_lim(magnitude: torch.Tensor, angles: torch.Tensor, n_iter: int, length: int, window: torch.Tensor,
-                hop: int, relaxation: float, momentum: float = _GRIFFIN_LIM_MOMENTUM) -> torch.Tensor:
+def griffin_lim(magnitude: torch.Tensor, angles: torch.Tensor, griffin_lim_iters: int, length: int,
+                window: torch.Tensor, hop: int, relaxation: float,
+                momentum: float = _GRIFFIN_LIM_MOMENTUM) -> torch.Tensor:
     """Relaxed fast Griffin-Lim through torch.stft / torch.istft: a magnitude [B, frames, bins] and start
     angles (complex, |angle| = 1, the same shape) -> waveform float32 [B, length].
 
@@ -418,7 +419,7 @@ def griffin_lim(magnitude: torch.Tensor, angles: torch.Tensor, n_iter: int, leng
     n_fft = window.numel()
     magnitude, angles = magnitude.transpose(1, 2), angles.transpose(1, 2)  # torch's [B, bins, frames]
     estimate, previous = None, None
-    for _ in range(n_iter):
+    for _ in range(griffin_lim_iters):
         waveform = torch.istft(magnitude * angles, n_fft, hop, window=window, length=length)
         rebuilt = torch.stft(waveform, n_fft, hop, window=window, center=True, pad_mode="reflect",
                              return_complex=True)  # y = P(c)

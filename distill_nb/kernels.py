@@ -63,7 +63,7 @@ def nnls_shrinking_batch(power_mel: torch.Tensor, start: torch.Tensor, bases: In
     return result
 
 
-def griffin_lim_frame_major(magnitude: torch.Tensor, angles: torch.Tensor, n_iter: int, length: int,
+def griffin_lim_frame_major(magnitude: torch.Tensor, angles: torch.Tensor, griffin_lim_iters: int, length: int,
                             window: torch.Tensor, hop: int, relaxation: float, momentum: float) -> torch.Tensor:
     """`inversion.griffin_lim` for a hop that divides n_fft: [B, frames, bins] -> float32 [B, length].
 
@@ -87,7 +87,7 @@ def griffin_lim_frame_major(magnitude: torch.Tensor, angles: torch.Tensor, n_ite
     complex_gain = torch.empty_like(spectrum)  # the same as a complex tensor: complex x complex is fast
     half = n_fft // 2
     inverse_envelope = _inverse_envelope(window, hop, frames, length)
-    for _ in range(n_iter):
+    for _ in range(griffin_lim_iters):
         _overlap_add(spectrum, window, hop, inverse_envelope, windowed, out=padded[:, half : half + length])
         # Reflect padding as torch.stft(center=True, pad_mode="reflect") does it.
         padded[:, :half] = padded[:, half + 1 : 2 * half + 1].flip(-1)

@@ -271,7 +271,7 @@ def test_seam_discontinuity_errors():
     with pytest.raises(ValueError, match="n_fft"):
         seam_discontinuity(audio[:512], SR, [100])
     with pytest.raises(ValueError, match="hop"):
-        seam_discontinuity(audio, SR, [100], hop=2048)
+        seam_discontinuity(audio, SR, [100], hop_length=2048)
     with pytest.raises(ValueError, match="seam_samples"):
         seam_discontinuity(audio, SR, [len(audio)])
     with pytest.raises(ValueError, match="seam_samples"):
