@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill_nb.checks import check_int, check_real
+from distill_nb.checks import check_int, check_positive, check_real
 
 
 @dataclass(frozen=True)
@@ -208,6 +208,14 @@ class CodePrior(nn.Module):
         for block in self.blocks:
             for proj in (block.attn.proj, block.mlp[2]):
                 nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * config.n_layers))
+
+    def fold_temperature(self, temperature: float) -> None:
+        """Divide every logit by ``temperature`` from now on, in the head's weights, so the reference path,
+        the KV cache and the kernels all sample the calibrated distribution at temperature 1."""
+        temperature = check_positive("temperature", temperature)
+        with torch.no_grad():
+            self.head.weight.div_(temperature)
+            self.head.bias.div_(temperature)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

@@ -87,6 +87,7 @@ DEFAULT_PRESET = "standard"
 PRIOR_DROPOUT_BY_MINUTES = ((5.0, 0.3), (30.0, 0.2), (math.inf, 0.1))
 STREAM_ORDERS = 4  # random file orders (each at another column alignment) the prior's code stream plays
 MAX_VALIDATION_CHUNKS = 256
+CALIBRATION_WINDOWS = 64  # validation windows the temperature is fitted on: plenty for one parameter
 LOW_UTILISATION = 0.3  # warn when a codebook level uses less than this share of its codes
 MEMORISATION_TRAIN_PERPLEXITY = 1.5
 MEMORISATION_RATIO = 2.0  # ... and validation perplexity above this multiple of the training one
@@ -348,8 +349,7 @@ def train_prior(
                             batch_size=chosen.prior_batch, lr=chosen.prior_lr), seed, checkpoint)
     vqvae.to(ctx.device).eval()
     train_stream = code_stream(vqvae, file_mels(corpus, "train", spectrogram), derive_seed(seed, 0, 0, stream=2))
-    val_stream = code_stream(vqvae, file_mels(corpus, "val", spectrogram), seed=0, orders=1)
-    val_tokens = _tiled_windows(val_stream, config.seq_len, config.column_tokens).to(ctx.device)
+    val_tokens = validation_windows(vqvae, corpus, spectrogram, config).to(ctx.device)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, 0, 0))
@@ -373,7 +373,46 @@ def train_prior(
     message = memorisation_warning(history)
     if message is not None:
         warn(history, ctx, message)
+    history.calibrated_temperature = calibrate_prior(prior, val_tokens)
     return prior, history
+
+
+def validation_windows(vqvae: ConvVQVAE, corpus: Corpus, spectrogram: Spectrogram,
+                       config: PriorConfig) -> torch.Tensor:
+    """The codes of the validation files in order, tiled into prior windows -> long [N, seq_len]."""
+    stream = code_stream(vqvae, file_mels(corpus, "val", spectrogram), seed=0, orders=1)
+    return _tiled_windows(stream, config.seq_len, config.column_tokens)
+
+
+def calibrate_prior(prior: CodePrior, tokens: torch.Tensor) -> float:
+    """Fit the temperature T that minimises the cross-entropy of ``tokens`` [N, window] under the prior's
+    logits / T and fold it into the prior (temperature scaling, Guo et al. 2017) -> T.
+
+    A prior trained for minutes on a small corpus is over-confident on audio it has not seen; sampled at
+    hundreds of steps a second, that drifts takes into the commonest codes, silence among them.
+    """
+    tokens = tokens[:CALIBRATION_WINDOWS]
+    if tokens.numel() == 0:
+        return 1.0
+    with torch.inference_mode():
+        logits = torch.cat([prior(batch) for batch in tokens.split(16)]).flatten(0, 1).float()
+    targets = tokens.reshape(-1).to(logits.device)
+
+    def loss(inverse: float) -> float:
+        return float(F.cross_entropy(logits * inverse, targets))
+
+    # The cross-entropy is convex in 1 / T: a golden-section search over 1 / T in [0.25, 4].
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+    low, high = 0.25, 4.0
+    for _ in range(30):  # the bracket shrinks to 0.618^30 of its width, ~1e-6
+        left, right = high - ratio * (high - low), low + ratio * (high - low)
+        if loss(left) < loss(right):
+            high = right
+        else:
+            low = left
+    temperature = 2.0 / (low + high)
+    prior.fold_temperature(temperature)
+    return temperature
 
 
 def _tiled_windows(stream: torch.Tensor, window: int, column_tokens: int) -> torch.Tensor:

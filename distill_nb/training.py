@@ -96,7 +96,8 @@ class TrainingHistory:
     """Per-epoch records of one stage ("vqvae" or "prior"), its warnings and the kept epoch.
 
     ``best_epoch`` is the epoch whose weights the trained model holds (lowest validation loss);
-    ``codebook_health`` (VQ-VAE only) describes those weights; ``settings`` are the run's settings.
+    ``codebook_health`` (VQ-VAE only) describes those weights; ``settings`` are the run's settings;
+    ``calibrated_temperature`` (prior only) is the temperature folded into the prior's head after training.
     """
 
     stage: str
@@ -105,6 +106,7 @@ class TrainingHistory:
     best_epoch: int | None = None
     codebook_health: list[CodebookHealth] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
+    calibrated_temperature: float | None = None
 
     @property
     def best(self) -> EpochRecord | None:
@@ -129,6 +131,7 @@ class TrainingHistory:
             best_epoch=d["best_epoch"],
             codebook_health=[CodebookHealth(**h) for h in d["codebook_health"]],
             settings=dict(d["settings"]),
+            calibrated_temperature=d.get("calibrated_temperature"),  # absent from histories before it existed
         )
 
     def summary(self) -> str:
@@ -144,6 +147,8 @@ class TrainingHistory:
         lines = [line]
         lines += [f"  codebook level {h.level}: {h.utilisation:.0%} of {h.codebook_size} codes used, "
                   f"perplexity {h.perplexity:.1f}" for h in self.codebook_health]
+        if self.calibrated_temperature is not None:
+            lines.append(f"  calibrated temperature {self.calibrated_temperature:.3f} (folded into the logits)")
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 

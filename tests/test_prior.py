@@ -154,6 +154,24 @@ def test_the_fast_step_kernel_equals_next_logits_and_the_full_forward(prefix_len
     torch.testing.assert_close(stepped.values, checked.values, rtol=1e-5, atol=1e-6)
 
 
+def test_a_folded_temperature_divides_every_path_s_logits():
+    """fold_temperature scales the head, so the full forward, next_logits and the kernel all see logits / T."""
+    prior, tokens = make_prior(), random_tokens(2, 24, seed=6)
+    with torch.inference_mode():
+        before = prior(tokens)
+        prior.fold_temperature(1.7)
+        after = prior(tokens)
+        cache = prior.new_cache(2)
+        first = prior.next_logits(tokens[:, :5], cache)
+        stepped = PriorStep(prior)(tokens[:, 5], cache)
+    assert relative_error(after, before / 1.7) < 1e-6
+    assert relative_error(first, before[:, 5] / 1.7) < 1e-5
+    assert relative_error(stepped, before[:, 6] / 1.7) < 1e-5
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="temperature"):
+            prior.fold_temperature(bad)
+
+
 def test_two_multi_token_feeds_equal_the_full_forward():
     prior = make_prior()
     tokens = random_tokens(2, 24, seed=4)

@@ -22,8 +22,9 @@ from distill_nb.geometry import ChunkGeometry
 from distill_nb.model_file import load_model, save_model
 from distill_nb.prior import PriorConfig
 from distill_nb.spectrogram import Spectrogram, SpectrogramConfig
-from distill_nb.stages import (code_stream, estimate_training_seconds, file_mels, memorisation_warning,
-                               random_mel_windows, random_token_windows, train_model, train_prior, train_vqvae)
+from distill_nb.stages import (calibrate_prior, code_stream, estimate_training_seconds, file_mels,
+                               memorisation_warning, random_mel_windows, random_token_windows, train_model, train_prior,
+                               train_vqvae, validation_windows)
 from distill_nb.training import CheckpointError, EpochRecord, TrainingHistory, read_checkpoint
 from distill_nb.vqvae import VQVAEConfig
 
@@ -96,6 +97,39 @@ def test_prior_training_lowers_the_loss(corpus, vqvae):
         assert record.val_perplexity == pytest.approx(math.exp(record.val_loss))
         assert record.train_perplexity == pytest.approx(math.exp(record.train_loss))
     assert not prior.training and history.stage == "prior"
+
+
+def test_calibration_finds_the_temperature_of_least_validation_cross_entropy_and_folds_it(corpus, vqvae):
+    prior, history = train_prior(vqvae, corpus, PRIOR, epochs=2, lr=3e-3, **FAST)
+    assert history.calibrated_temperature is not None  # train_prior calibrates; calibrate again from here
+    tokens = validation_windows(vqvae, corpus, SPEC, PRIOR)
+    with torch.inference_mode():
+        logits = prior(tokens).flatten(0, 1)
+    targets = tokens.reshape(-1)
+    grid = np.linspace(0.3, 3.0, 2701)  # the reference: the cross-entropy at every 0.001 of temperature
+    losses = [float(torch.nn.functional.cross_entropy(logits / t, targets)) for t in grid]
+    # An over-confident copy (logits x 3) must come out three times as hot: the fit is scale-equivariant.
+    sharp = type(prior)(prior.config).eval()
+    sharp.load_state_dict(prior.state_dict())
+    sharp.fold_temperature(1 / 3)
+    temperature, sharp_temperature = calibrate_prior(prior, tokens), calibrate_prior(sharp, tokens)
+    assert temperature == pytest.approx(grid[int(np.argmin(losses))], abs=2e-3)
+    assert sharp_temperature == pytest.approx(3 * temperature, rel=5e-3)  # float32 losses: a flat minimum
+    with torch.inference_mode():
+        torch.testing.assert_close(prior(tokens).flatten(0, 1), logits / temperature, rtol=1e-5, atol=1e-5)
+    # Folded in, the calibrated prior is its own best temperature.
+    assert calibrate_prior(prior, tokens) == pytest.approx(1.0, abs=5e-3)
+
+
+def test_histories_round_trip_the_calibrated_temperature_and_read_older_ones():
+    history = TrainingHistory(stage="prior", calibrated_temperature=1.08)
+    assert TrainingHistory.from_dict(history.to_dict()) == history
+    older = history.to_dict()
+    del older["calibrated_temperature"]
+    assert TrainingHistory.from_dict(older).calibrated_temperature is None
+    assert "calibrated temperature 1.080" in TrainingHistory(
+        stage="prior", epochs=[EpochRecord(epoch=1, train_loss=1.0, val_loss=1.0, lr=1e-3, seconds=1.0)],
+        best_epoch=1, calibrated_temperature=1.08).summary()
 
 
 def test_another_seed_gives_other_weights(corpus, vqvae):
