@@ -394,8 +394,11 @@ def calibrate_prior(prior: CodePrior, tokens: torch.Tensor) -> float:
     tokens = tokens[:CALIBRATION_WINDOWS]
     if tokens.numel() == 0:
         return 1.0
+    was_training = prior.training
+    prior.eval()  # the temperature of the prior that samples: no dropout
     with torch.inference_mode():
         logits = torch.cat([prior(batch) for batch in tokens.split(16)]).flatten(0, 1).float()
+    prior.train(was_training)
     targets = tokens.reshape(-1).to(logits.device)
 
     def loss(inverse: float) -> float:

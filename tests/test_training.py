@@ -121,6 +121,19 @@ def test_calibration_finds_the_temperature_of_least_validation_cross_entropy_and
     assert calibrate_prior(prior, tokens) == pytest.approx(1.0, abs=5e-3)
 
 
+def test_calibration_sees_the_prior_without_dropout_and_leaves_its_mode_alone(corpus, vqvae):
+    prior, _ = train_prior(vqvae, corpus, PRIOR, epochs=1, **FAST)  # PRIOR has dropout 0.1
+    tokens = validation_windows(vqvae, corpus, SPEC, PRIOR)
+    copies = []
+    for training in (False, True):
+        copy = type(prior)(prior.config)
+        copy.load_state_dict(prior.state_dict())
+        copies.append(copy.train(training))
+    in_eval, in_training = (calibrate_prior(copy, tokens) for copy in copies)
+    assert in_training == pytest.approx(in_eval, rel=1e-6)
+    assert [copy.training for copy in copies] == [False, True]
+
+
 def test_histories_round_trip_the_calibrated_temperature_and_read_older_ones():
     history = TrainingHistory(stage="prior", calibrated_temperature=1.08)
     assert TrainingHistory.from_dict(history.to_dict()) == history
