@@ -271,11 +271,7 @@ def seam_discontinuity(audio: np.ndarray | torch.Tensor, sample_rate: int, seam_
 
     raw_frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop_length]
     silent_frame = _frame_level_db(x, n_fft, hop_length) < -SILENT_DB
-    magnitude = np.abs(np.fft.rfft(raw_frames * np.hanning(n_fft), axis=-1))
-    log_mag = 20 * np.log10(np.maximum(magnitude / max(magnitude.max(), 1e-12), 1e-12))
-    log_mag = np.maximum(log_mag, -_FLUX_FLOOR_DB)
-    # flux[j] compares frame j + 1 with frame j.
-    flux = np.sqrt((np.maximum(np.diff(log_mag, axis=0), 0.0) ** 2).sum(axis=-1))
+    flux = _spectral_flux(raw_frames)
     if len(flux) == 0:
         raise ValueError(f"audio of {len(x)} samples gives a single frame of n_fft={n_fft}; it needs two")
 
@@ -308,29 +304,48 @@ def seam_discontinuity(audio: np.ndarray | torch.Tensor, sample_rate: int, seam_
 
     steps = np.abs(np.diff(x))
     jump = np.array([steps[s - 1] for s in seams])
-    # Step n (x[n] to x[n + 1]) counts when both samples lie in one non-silent frame: a difference array
-    # marks steps start .. start + n_fft - 2 of every such frame.
-    starts = np.flatnonzero(~silent_frame) * hop_length
-    cover = np.zeros(len(steps) + 1, dtype=np.int64)
-    cover[starts] += 1
-    cover[starts + n_fft - 1] -= 1
-    audible_steps = steps[np.cumsum(cover)[:-1] > 0]
+    audible_steps = _audible_steps(steps, silent_frame, n_fft, hop_length)
     typical_jump = float(np.median(audible_steps)) if len(audible_steps) else math.nan
 
-    problems = []
-    if not len(reference):
-        problems.append("flux: every seam-free stretch is silent, so there is no baseline flux")
-    elif baseline == 0:
-        problems.append("flux: the non-silent seam-free stretches have no spectral flux (baseline 0)")
-    if not len(audible_steps):
-        problems.append("jump: all audio is silent, so there is no typical sample jump")
-    elif typical_jump == 0:
-        problems.append("jump: the non-silent audio never changes from one sample to the next (typical jump 0)")
     return SeamReport(seam_samples=seams, sample_rate=int(sample_rate), n_fft=n_fft, hop_length=hop_length,
                       silent=silent, seam_flux=seam_flux, baseline_flux=baseline,
                       flux_ratio=_seam_ratio(seam_flux, baseline, silent), jump=jump, typical_jump=typical_jump,
                       jump_ratio=_seam_ratio(jump, typical_jump, silent),
-                      missing_reference="; ".join(problems) or None)
+                      missing_reference=_missing_references(len(reference), baseline, len(audible_steps),
+                                                            typical_jump))
+
+
+def _missing_references(stretches: int, baseline: float, steps: int, typical_jump: float) -> str | None:
+    """Why a seam ratio has no reference (``SeamReport.missing_reference``), or None when both have one."""
+    problems = []
+    if not stretches:
+        problems.append("flux: every seam-free stretch is silent, so there is no baseline flux")
+    elif baseline == 0:
+        problems.append("flux: the non-silent seam-free stretches have no spectral flux (baseline 0)")
+    if not steps:
+        problems.append("jump: all audio is silent, so there is no typical sample jump")
+    elif typical_jump == 0:
+        problems.append("jump: the non-silent audio never changes from one sample to the next (typical jump 0)")
+    return "; ".join(problems) or None
+
+
+def _spectral_flux(frames: np.ndarray) -> np.ndarray:
+    """flux[j]: the L2 norm of the rise from frame j to frame j + 1 of the Hann-windowed log magnitude (dB
+    relative to the loudest bin, floored at -_FLUX_FLOOR_DB) of ``frames`` [n_frames, n_fft]."""
+    magnitude = np.abs(np.fft.rfft(frames * np.hanning(frames.shape[-1]), axis=-1))
+    log_mag = 20 * np.log10(np.maximum(magnitude / max(magnitude.max(), 1e-12), 1e-12))
+    log_mag = np.maximum(log_mag, -_FLUX_FLOOR_DB)
+    return np.sqrt((np.maximum(np.diff(log_mag, axis=0), 0.0) ** 2).sum(axis=-1))
+
+
+def _audible_steps(steps: np.ndarray, silent_frame: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
+    """The sample steps (x[n] to x[n + 1]) whose two samples lie in one non-silent frame."""
+    # A difference array marks steps start .. start + n_fft - 2 of every non-silent frame.
+    starts = np.flatnonzero(~silent_frame) * hop_length
+    cover = np.zeros(len(steps) + 1, dtype=np.int64)
+    cover[starts] += 1
+    cover[starts + n_fft - 1] -= 1
+    return steps[np.cumsum(cover)[:-1] > 0]
 
 
 def _seam_ratio(values: np.ndarray, reference: float, silent: np.ndarray) -> np.ndarray:

@@ -491,6 +491,7 @@ def generate_takes(loaded: LoadedVQModel, settings: GenerationSettings | None, s
     Raises:
         ValueError: "Model has no trained prior" when ``loaded.prior`` is None, or a bad argument.
     """
+    # Long: the stages of a take in order (check, sample, render, trim, normalise), each a helper's call.
     started = time.perf_counter()
     settings = GenerationSettings() if settings is None else settings
     if not isinstance(settings, GenerationSettings):

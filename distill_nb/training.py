@@ -51,6 +51,7 @@ from distill_nb.vqvae import CodebookHealth
 
 WEIGHT_DECAY = 0.01
 WARMUP_FRACTION = 0.05  # of all steps, linear from 0
+STAGE_NAMES = {"vqvae": "VQ-VAE", "prior": "prior"}  # as progress messages and summaries name them
 MIN_LR_FRACTION = 0.1  # the cosine ends at this fraction of the peak learning rate
 GRAD_CLIP_NORM = 1.0
 
@@ -137,7 +138,7 @@ class TrainingHistory:
     def summary(self) -> str:
         """A few readable lines: the kept epoch, its losses, perplexity or codebook health, warnings."""
         best = self.best
-        name = {"vqvae": "VQ-VAE", "prior": "prior"}.get(self.stage, self.stage)
+        name = STAGE_NAMES.get(self.stage, self.stage)
         if best is None:
             return f"{name}: no epoch trained"
         line = (f"{name}: {len(self.epochs)} epochs in {self.seconds:.0f} s; kept epoch {best.epoch}: "
@@ -305,8 +306,7 @@ def fit(
     check_int("checkpoint_every", checkpoint_every, 1)
     path = pathlib.Path(checkpoint_path) if checkpoint_path is not None else None
     report = progress if ctx.rank == 0 else None
-    stage_name = {"vqvae": "VQ-VAE", "prior": "prior"}[run["stage"]]
-    epochs, steps = run["epochs"], run["steps_per_epoch"]
+    stage_name, epochs = STAGE_NAMES[run["stage"]], run["epochs"]
     optimizer = torch.optim.AdamW(model.parameters(), lr=run["lr"], weight_decay=WEIGHT_DECAY)
     history = TrainingHistory(stage=run["stage"], settings=run)
     best = state_tensors(model, "")
@@ -317,7 +317,6 @@ def fit(
     trainable = model
     if ctx.world_size > 1:
         trainable = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
-    fork_devices = [ctx.device.index or 0] if ctx.device.type == "cuda" else []
 
     def payload(epoch: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         return _checkpoint_payload(model, best, optimizer, epoch, run, history, extra_tensors, extra)
@@ -326,27 +325,7 @@ def fit(
     try:
         for epoch in range(start_epoch + 1, epochs + 1):
             started = time.perf_counter()
-            model.train()
-            loss_sum, lr = torch.zeros((), dtype=torch.float64), run["lr"]
-            with torch.random.fork_rng(devices=fork_devices):
-                torch.manual_seed(derive_seed(run["seed"], epoch, ctx.rank, stream=0))
-                generator = torch.Generator().manual_seed(derive_seed(run["seed"], epoch, ctx.rank, stream=1))
-                for step in range(steps):
-                    lr = learning_rate((epoch - 1) * steps + step, epochs * steps, run["lr"])
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    loss = batch_loss(trainable, generator)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
-                    optimizer.step()
-                    loss_sum += loss.item()
-                    if report is not None:
-                        report(((epoch - 1) * steps + step + 1) / (epochs * steps),
-                               f"{stage_name} epoch {epoch}/{epochs} step {step + 1}/{steps} loss {loss.item():.4f}")
-            if ctx.world_size > 1:
-                dist.all_reduce(loss_sum)
-            train_loss = float(loss_sum) / (steps * ctx.world_size)
+            train_loss, lr = _train_epoch(run, epoch, model, trainable, optimizer, batch_loss, ctx, report)
             model.eval()
             with torch.no_grad():
                 metrics = evaluate(train_loss)
@@ -369,6 +348,36 @@ def fit(
     model.load_state_dict(best)
     model.eval()
     return history
+
+
+def _train_epoch(run: dict[str, Any], epoch: int, model: nn.Module, trainable: nn.Module,
+                 optimizer: torch.optim.Optimizer, batch_loss: Callable[[nn.Module, torch.Generator], torch.Tensor],
+                 ctx: _Context, report: Progress | None) -> tuple[float, float]:
+    """The optimizer steps of one epoch, seeded by (run seed, epoch, rank) -> (mean training loss over all
+    processes, the last step's learning rate)."""
+    epochs, steps, stage_name = run["epochs"], run["steps_per_epoch"], STAGE_NAMES[run["stage"]]
+    model.train()
+    loss_sum, lr = torch.zeros((), dtype=torch.float64), run["lr"]
+    fork_devices = [ctx.device.index or 0] if ctx.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(derive_seed(run["seed"], epoch, ctx.rank, stream=0))
+        generator = torch.Generator().manual_seed(derive_seed(run["seed"], epoch, ctx.rank, stream=1))
+        for step in range(steps):
+            lr = learning_rate((epoch - 1) * steps + step, epochs * steps, run["lr"])
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss = batch_loss(trainable, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP_NORM)
+            optimizer.step()
+            loss_sum += loss.item()
+            if report is not None:
+                report(((epoch - 1) * steps + step + 1) / (epochs * steps),
+                       f"{stage_name} epoch {epoch}/{epochs} step {step + 1}/{steps} loss {loss.item():.4f}")
+    if ctx.world_size > 1:
+        dist.all_reduce(loss_sum)
+    return float(loss_sum) / (steps * ctx.world_size), lr
 
 
 def learning_rate(step: int, total_steps: int, peak: float) -> float:
