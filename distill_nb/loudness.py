@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from distill_nb.analysis import SILENT_DB
+from distill_nb.checks import check_choice, check_real
 
 NORMALISATIONS = ("peak", "rms", "off")
 # "peak": the loudest sample at the target; "rms": the RMS of the non-silent frames at the target, with the
@@ -26,15 +27,14 @@ def normalise_level(audio: np.ndarray, mode: str = "peak",
 
     A silent signal (all zeros) is returned unchanged with gain 0 dB.
     """
-    if mode not in NORMALISATIONS:
-        raise ValueError(f"normalise must be one of {', '.join(map(repr, NORMALISATIONS))}, got {mode!r}")
+    check_choice("normalise", mode, NORMALISATIONS)
+    if target_dbfs is not None:
+        check_real("target_dbfs", target_dbfs, "<= 0 dBFS", lambda v: v <= 0.0)
     audio = np.asarray(audio, dtype=np.float32)
     peak = float(np.max(np.abs(audio))) if audio.size else 0.0
     if mode == "off" or peak == 0.0:
         return audio.copy(), 0.0
     target = DEFAULT_TARGET_DBFS[mode] if target_dbfs is None else float(target_dbfs)
-    if not (math.isfinite(target) and target <= 0.0):
-        raise ValueError(f"target_dbfs must be a finite number <= 0 dBFS, got {target_dbfs!r}")
     if mode == "peak":
         gain_db = target - 20 * math.log10(peak)
     else:

@@ -67,7 +67,7 @@ _CODEC = dict(channels=(16, 32, 64, 64), strides=((2, 2), (2, 2), (1, 2), (1, 2)
               codebook_size=256)
 _PRIOR = dict(d_model=128, n_layers=4, n_heads=4)
 PRESETS: dict[str, Preset] = {
-    # About 16 minutes on 2 CPU cores, whatever the corpus size (time goes by steps, not by audio).
+    # The default. Its time goes by steps, not by audio, so it is the same for any corpus (README: times).
     "standard": Preset(vqvae=_CODEC, prior=_PRIOR, window_chunks=2,
                        vqvae_epochs=9, vqvae_steps_per_epoch=100, vqvae_batch=16, vqvae_lr=2e-3,
                        prior_epochs=10, prior_steps_per_epoch=35, prior_batch=16, prior_lr=1e-3),
@@ -407,12 +407,17 @@ def calibrate_prior(prior: CodePrior, tokens: torch.Tensor) -> float:
     # The cross-entropy is convex in 1 / T: a golden-section search over 1 / T in [0.25, 4].
     ratio = (math.sqrt(5.0) - 1.0) / 2.0
     low, high = 0.25, 4.0
-    for _ in range(30):  # the bracket shrinks to 0.618^30 of its width, ~1e-6
-        left, right = high - ratio * (high - low), low + ratio * (high - low)
-        if loss(left) < loss(right):
-            high = right
+    left, right = high - ratio * (high - low), low + ratio * (high - low)
+    left_loss, right_loss = loss(left), loss(right)
+    for _ in range(30):  # the bracket shrinks to 0.618^30 of its width, ~1e-6; one new point a step
+        if left_loss < right_loss:
+            high, right, right_loss = right, left, left_loss
+            left = high - ratio * (high - low)
+            left_loss = loss(left)
         else:
-            low = left
+            low, left, left_loss = left, right, right_loss
+            right = low + ratio * (high - low)
+            right_loss = loss(right)
     temperature = 2.0 / (low + high)
     prior.fold_temperature(temperature)
     return temperature
