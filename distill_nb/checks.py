@@ -7,6 +7,8 @@ import numbers
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+import torch
+
 Config = TypeVar("Config")
 
 
@@ -56,6 +58,28 @@ def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
     return value
+
+
+def check_device(name: str, value: Any) -> torch.device:
+    """``value`` as a torch.device that exists on this machine; ValueError naming ``name`` otherwise.
+
+    Checked up front so that a missing GPU is one clear message, not torch's assertion deep inside a run.
+    """
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{name} must be a torch device such as 'cpu' or 'cuda', got {value!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name}={str(device)!r}, but CUDA is not available here (torch {torch.__version__}); "
+                             f"use 'cpu'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{name}={str(device)!r}, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{name}={str(device)!r}, but MPS is not available here; use 'cpu'")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{name} must be 'cpu', 'cuda' or 'mps', got {str(device)!r}")
+    return device
 
 
 def config_from_dict(cls: type[Config], data: object) -> Config:

@@ -16,13 +16,15 @@ import argparse
 import pathlib
 import secrets
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from distill_nb.audio import AudioFileError, load_audio, save_audio
+from distill_nb.checks import check_device
 from distill_nb.corpus import build_corpus
 from distill_nb.generation import MODES, STITCHES, GenerationSettings, generate_takes
 from distill_nb.loudness import NORMALISATIONS
@@ -63,12 +65,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     output = pathlib.Path(args.output)
     checkpoint = pathlib.Path(args.checkpoint) if args.checkpoint else output.with_suffix(".ckpt")
     output.parent.mkdir(parents=True, exist_ok=True)  # fail now, not after training
-    try:
-        with _ProgressBar("corpus") as bar:
-            corpus = build_corpus(args.folder, seed=args.seed, progress=bar)
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    _check_writable(output)
+    check_device("--device", args.device)
+    with _ProgressBar("corpus") as bar:
+        corpus = build_corpus(args.folder, seed=args.seed, progress=bar)
     _print(corpus.report())
     schedule = dict(vqvae_epochs=args.epochs, prior_epochs=args.prior_epochs, steps_per_epoch=args.steps_per_epoch,
                     batch_size=args.batch_size)
@@ -84,31 +84,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _print(f"interrupted; continue with: --resume {checkpoint}")
         return 130
-    except (CheckpointError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
     if not is_main_process():
         return 0
-    save_model(loaded, output)
-    _print(f"saved {output} ({output.stat().st_size / 1e6:.1f} MB); checkpoint {checkpoint}")
+    saved = _save_or_rescue(lambda target: save_model(loaded, target), output)
+    _print(f"saved {saved} ({saved.stat().st_size / 1e6:.1f} MB); checkpoint {checkpoint}")
     _print(f"VQ-VAE {_parameters(loaded.vqvae):,} parameters, prior {_parameters(loaded.prior):,} parameters")
     for history in histories.values():
         _print(history.summary())
     if "quality" in loaded.metadata:
         _print(QualityReport.from_dict(loaded.metadata["quality"]).summary())
     _print(f"total time {time.perf_counter() - started:.0f} s")
-    return 0
+    return 1 if saved != output else 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Describe a model file; a file that is not a model gives a one-line error and exit code 2."""
     path = pathlib.Path(args.model)
-    try:
-        loaded = load_model(path)
-    except ModelFileError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    metadata = loaded.metadata
+    loaded = load_model(path)
+    metadata = loaded.metadata  # written by whoever made the file: every entry may have any JSON type
     print(f"{path}: {path.stat().st_size / 1e6:.2f} MB, name {metadata.get('name', '?')!r}, "
           f"created {metadata.get('created', '?')}")
     print(f"spectrogram: {_fields(loaded.spectrogram_config.to_dict())}")
@@ -118,23 +111,19 @@ def cmd_info(args: argparse.Namespace) -> int:
     else:
         print(f"prior ({_parameters(loaded.prior):,} parameters): {_fields(loaded.prior_config.to_dict())}")
     training = metadata.get("training", {})
+    if not isinstance(training, dict):
+        print("training: a summary in an unknown format")
+        training = {}
     corpus = training.get("corpus")
-    if corpus:
-        print(f"corpus: {corpus.get('source', '?')}, {corpus.get('seconds', 0):.0f} s "
-              f"({corpus.get('train_seconds', 0):.0f} s training), {corpus.get('files', '?')} files, "
+    if isinstance(corpus, dict):
+        print(f"corpus: {corpus.get('source', '?')}, {_number(corpus.get('seconds'), '.0f')} s "
+              f"({_number(corpus.get('train_seconds'), '.0f')} s training), {corpus.get('files', '?')} files, "
               f"{corpus.get('skipped', 0)} skipped; seed {training.get('seed', '?')}")
     for stage in ("vqvae", "prior"):
-        if isinstance(training.get(stage), dict):
-            try:
-                print(TrainingHistory.from_dict(training[stage]).summary())
-            except (KeyError, TypeError, ValueError):
-                print(f"{stage}: training summary in an unknown format")
-    quality = metadata.get("quality")
-    if isinstance(quality, dict):
-        try:
-            print(QualityReport.from_dict(quality).summary())
-        except (KeyError, TypeError, ValueError):
-            print("quality: a report in an unknown format")
+        if stage in training:
+            print(_summary(TrainingHistory, training[stage], f"{stage}: training summary in an unknown format"))
+    if "quality" in metadata:
+        print(_summary(QualityReport, metadata["quality"], "quality: a report in an unknown format"))
     else:
         print("quality: not measured (trained before distill_nb measured it)")
     print("codebook health (from the EMA usage of training):")
@@ -153,34 +142,58 @@ _SETTING_OPTIONS = {"temperature": "temperature", "top_k": "top_k", "top_p": "to
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Generate one take per seed in one batch; save each as audio with a JSON sidecar of its metadata."""
+    _set_threads(args.threads)
     output = pathlib.Path(args.output)
-    if output.suffix.lower() not in (".wav", ".flac"):  # checked before minutes of generation, not after
-        print(f"error: the output must end in .wav or .flac, got '{output.name}'", file=sys.stderr)
-        return 2
-    if not output.parent.is_dir():
-        print(f"error: the output's folder '{output.parent}' does not exist", file=sys.stderr)
-        return 2
+    # Everything that can be checked is checked before minutes of generation, not after.
+    if output.suffix.lower() not in (".wav", ".flac"):
+        raise ValueError(f"the output must end in .wav or .flac, got '{output.name}'")
+    _check_writable(output)
     if args.takes < 1:
-        print(f"error: --takes must be an int >= 1, got {args.takes}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--takes must be an int >= 1, got {args.takes}")
+    device = check_device("--device", args.device)
     seeds = args.seed or [secrets.randbits(63) for _ in range(args.takes)]
-    try:
-        # Options left out keep GenerationSettings' defaults, so the library owns them.
-        settings = GenerationSettings(**{field: getattr(args, option) for option, field in _SETTING_OPTIONS.items()
-                                         if getattr(args, option) is not None})
-        loaded = load_model(args.model, device=args.device) if args.model else load_default_model(device=args.device)
-        prompt = None if args.prompt is None else load_audio(args.prompt, loaded.sample_rate)
-        with _ProgressBar("generating") as bar:
-            takes = generate_takes(loaded, settings, seeds, bar, prompt=prompt, include_prompt=args.include_prompt)
-    except (ModelFileError, AudioFileError, TypeError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    # Options left out keep GenerationSettings' defaults, so the library owns them.
+    settings = GenerationSettings(**{field: getattr(args, option) for option, field in _SETTING_OPTIONS.items()
+                                     if getattr(args, option) is not None})
+    loaded = load_model(args.model, device=device) if args.model else load_default_model(device=device)
+    prompt = None if args.prompt is None else load_audio(args.prompt, loaded.sample_rate)
+    with _ProgressBar("generating") as bar:
+        takes = generate_takes(loaded, settings, seeds, bar, prompt=prompt, include_prompt=args.include_prompt)
+    failed = 0
     for take in takes:
         path = output if len(takes) == 1 else output.with_name(f"{output.stem}-seed{take.seed}{output.suffix}")
-        save_audio(path, take.audio, take.sample_rate, metadata=take.to_metadata())
-        print(f"saved {path}: {take.duration_s:.2f} s, seed {take.seed}")
+        saved = _save_or_rescue(lambda target: save_audio(target, take.audio, take.sample_rate,
+                                                          metadata=take.to_metadata()), path)
+        failed += saved != path
+        print(f"saved {saved}: {take.duration_s:.2f} s, seed {take.seed}")
     print(f"generated {len(takes)} take{'s' if len(takes) > 1 else ''} in {takes[0].timings['total_s']:.1f} s")
-    return 0
+    return 1 if failed else 0
+
+
+def _check_writable(output: pathlib.Path) -> None:
+    """ValueError unless ``output`` can be written: not a folder, and its folder exists and takes a new file."""
+    if output.is_dir():
+        raise ValueError(f"the output '{output}' is a folder; give a file name")
+    if not output.parent.is_dir():
+        raise ValueError(f"the output's folder '{output.parent}' does not exist")
+    try:
+        with tempfile.TemporaryFile(dir=output.parent):
+            pass
+    except OSError as error:
+        raise ValueError(f"cannot write into the output's folder '{output.parent}': {error.strerror}") from None
+
+
+def _save_or_rescue(save: Callable[[pathlib.Path], object], path: pathlib.Path) -> pathlib.Path:
+    """``save(path)``; if that fails (disk full, folder gone), save into a new temporary folder instead
+    and say so on stderr, so that finished work is never lost -> the path written."""
+    try:
+        save(path)
+        return path
+    except OSError as error:
+        rescue = pathlib.Path(tempfile.mkdtemp(prefix="distill_nb-rescued-")) / path.name
+        save(rescue)
+        print(f"error: cannot write {path} ({error.strerror or error}); saved it as {rescue} instead", file=sys.stderr)
+        return rescue
 
 
 def _temperature(text: str) -> float | tuple[float, ...]:
@@ -276,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--include-prompt", action="store_true",
                           help="start the output with the prompt (default: generated audio only)")
     generate.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    generate.add_argument("--threads", type=_positive_int, help=THREADS_HELP)
     generate.set_defaults(handler=cmd_generate)
 
     default = commands.add_parser("train-default", help="retrain the bundled default model (~16 min on 2 CPU cores)")
@@ -287,9 +301,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command -> exit code (0 ok, 2 bad input, 130 interrupted)."""
+    """Run one command -> exit code (0 ok, 1 output saved elsewhere, 2 bad input, 130 interrupted).
+
+    Bad input of any kind (a file that is not a model, a broken checkpoint or audio file, an argument out of
+    range, an unavailable device) ends in one ``error:`` line on stderr, never a traceback.
+    """
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except (ModelFileError, AudioFileError, CheckpointError, ValueError, TypeError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"error: out of memory in {args.command}; try a shorter duration, fewer takes or a smaller preset",
+              file=sys.stderr)
+        return 2
 
 
 def _set_threads(threads: int | None) -> None:
@@ -311,6 +337,19 @@ def _print(text: str) -> None:
 
 def _parameters(module) -> int:
     return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+
+def _number(value: object, spec: str) -> str:
+    """``value`` formatted with ``spec`` if it is a number, else '?' (metadata entries may hold anything)."""
+    return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
+
+
+def _summary(cls: type, data: object, unknown: str) -> str:
+    """``cls.from_dict(data).summary()``, or ``unknown`` when ``data`` does not have the expected structure."""
+    try:
+        return cls.from_dict(data).summary()
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        return unknown
 
 
 def _fields(d: dict) -> str:

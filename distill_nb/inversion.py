@@ -50,14 +50,14 @@ class InversionSettings:
     """How `Spectrogram.mel_to_waveform` inverts a log-mel. Every field is validated on construction.
 
     Attributes:
-        griffin_lim_iters: Griffin-Lim iterations, an int >= 0 (0 = the start phase as it is).
+        griffin_lim_iters: Griffin-Lim iterations, an int in [0, 4096] (0 = the start phase as it is).
         phase_start: "gradient" (`phase_gradient_start`: well ahead of a random start on tonal sound)
             or "random" (uniform phases, as librosa and torchaudio start).
         relaxation: over-relaxation of each Griffin-Lim projection, in [1, 2); 1 is plain fast
             Griffin-Lim, more converges in fewer iterations (see `griffin_lim`).
         nnls_tolerance: in (0, 1); a chunk's NNLS stops once ||F x - p|| / ||p|| is below it (or when it
             stalls, see `NNLSStop`).
-        nnls_max_steps: the most FISTA steps of the NNLS, an int >= 0 (0 = its start estimate).
+        nnls_max_steps: the most FISTA steps of the NNLS, an int in [0, 4096] (0 = its start estimate).
         fast_kernels: run the NNLS and Griffin-Lim on the kernels of ``kernels.py`` (Griffin-Lim where
             hop divides n_fft); False runs the references `nnls` and `griffin_lim`. They agree to float
             rounding.
@@ -71,8 +71,9 @@ class InversionSettings:
     fast_kernels: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "griffin_lim_iters", check_int("griffin_lim_iters", self.griffin_lim_iters, 0))
-        object.__setattr__(self, "nnls_max_steps", check_int("nnls_max_steps", self.nnls_max_steps, 0))
+        # Bounded so that a typo cannot start hours of work; the defaults are a few dozen.
+        object.__setattr__(self, "griffin_lim_iters", check_int("griffin_lim_iters", self.griffin_lim_iters, 0, 4096))
+        object.__setattr__(self, "nnls_max_steps", check_int("nnls_max_steps", self.nnls_max_steps, 0, 4096))
         if self.phase_start not in _PHASE_STARTS:
             raise ValueError(f"phase_start must be one of {_PHASE_STARTS}, got {self.phase_start!r}")
         relaxation = check_real("relaxation", self.relaxation, "in [1, 2)", lambda v: 1.0 <= v < 2.0)

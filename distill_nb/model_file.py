@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from distill_nb.atomic import write_bytes_atomically
+from distill_nb.checks import check_device
 from distill_nb.geometry import ChunkGeometry
 from distill_nb.prior import CodePrior, PriorConfig
 from distill_nb.spectrogram import Spectrogram, SpectrogramConfig
@@ -90,19 +91,17 @@ class LoadedVQModel:
         return self.spectrogram.chunk_samples
 
 
-def _check_consistent(vqvae: ConvVQVAE, prior: CodePrior | None, spectrogram: Spectrogram,
+def _check_consistent(spectrogram: SpectrogramConfig, vq: VQVAEConfig, prior: PriorConfig | None,
                       counts: torch.Tensor | None) -> None:
     """ValueError unless the parts fit together: mel bins, vocabulary, levels, tokens per column."""
-    vq = vqvae.config
-    if spectrogram.config.n_mels != vq.n_mels:
-        raise ValueError(f"spectrogram n_mels={spectrogram.config.n_mels} differs from the VQ-VAE's "
-                         f"n_mels={vq.n_mels}")
+    if spectrogram.n_mels != vq.n_mels:
+        raise ValueError(f"spectrogram n_mels={spectrogram.n_mels} differs from the VQ-VAE's n_mels={vq.n_mels}")
     if prior is not None:
-        geometry = ChunkGeometry.of(spectrogram.config, vq)
+        geometry = ChunkGeometry.of(spectrogram, vq)
         expected = {"codebook_size": vq.codebook_size, "levels": vq.levels, "column_tokens": geometry.column_tokens}
         for name, value in expected.items():
-            if getattr(prior.config, name) != value:
-                raise ValueError(f"prior {name}={getattr(prior.config, name)} does not fit the VQ-VAE "
+            if getattr(prior, name) != value:
+                raise ValueError(f"prior {name}={getattr(prior, name)} does not fit the VQ-VAE "
                                  f"(expected {value} for {geometry.rows} rows of {vq.levels} levels)")
     if counts is not None:
         shape = (vq.levels, vq.codebook_size)
@@ -132,7 +131,7 @@ def save_model(loaded: LoadedVQModel, path: str | os.PathLike) -> Path:
     if not isinstance(loaded, LoadedVQModel):
         raise TypeError(f"loaded must be a LoadedVQModel, got {type(loaded).__name__}")
     path = Path(path)
-    _check_consistent(loaded.vqvae, loaded.prior, loaded.spectrogram, loaded.train_code_counts)
+    _check_consistent(loaded.spectrogram_config, loaded.vqvae_config, loaded.prior_config, loaded.train_code_counts)
     if not isinstance(loaded.metadata, dict):
         raise TypeError(f"metadata must be a dict, got {type(loaded.metadata).__name__}")
     try:
@@ -161,15 +160,37 @@ def save_model(loaded: LoadedVQModel, path: str | os.PathLike) -> Path:
 def _check_header(path: Path) -> None:
     """Reject what is not a safetensors file before the parser sees it: u64 header length + JSON."""
     size = path.stat().st_size
+    if size == 0:
+        raise ModelFileError(f"{path}: not a distill_nb model file (it is empty, 0 bytes)")
     if size < 8:
-        raise ModelFileError(f"{path}: not a safetensors file (only {size} bytes)")
+        raise ModelFileError(f"{path}: not a distill_nb model file (only {size} bytes)")
     with path.open("rb") as f:
         header_length = int.from_bytes(f.read(8), "little")
-        if not 2 <= header_length <= min(size - 8, _MAX_HEADER_BYTES):
-            raise ModelFileError(f"{path}: not a safetensors file (its header length {header_length} does not "
-                                 f"fit the file size of {size} bytes)")
-        if f.read(1) != b"{":
-            raise ModelFileError(f"{path}: not a safetensors file (its header is not a JSON object)")
+        if not 2 <= header_length <= min(size - 8, _MAX_HEADER_BYTES) or f.read(1) != b"{":
+            raise ModelFileError(f"{path}: not a distill_nb model file (not a safetensors file: its first bytes "
+                                 f"are not a safetensors header)")
+
+
+def _open_safetensors(path: Path) -> safetensors.safe_open:
+    _check_header(path)
+    try:
+        return safetensors.safe_open(str(path), framework="pt", device="cpu")
+    except (safetensors.SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise ModelFileError(f"{path}: not a valid safetensors file ({error})") from error
+
+
+def read_safetensors_layout(path: Path) -> tuple[dict[str, str], dict[str, tuple[Any, tuple[int, ...]]]]:
+    """Metadata and {tensor name: (torch dtype, or safetensors' name of another, shape)} of a safetensors file.
+
+    Reads the header only, so a file's claims can be checked before any tensor is allocated.
+    """
+    with _open_safetensors(path) as f:
+        try:
+            layout = {key: (_DTYPES.get(f.get_slice(key).get_dtype(), f.get_slice(key).get_dtype()),
+                            tuple(f.get_slice(key).get_shape())) for key in f.keys()}
+        except (safetensors.SafetensorError, ValueError, RuntimeError) as error:
+            raise ModelFileError(f"{path}: not a valid safetensors file ({error})") from error
+        return f.metadata() or {}, layout
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
@@ -177,54 +198,93 @@ def read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor
 
     ModelFileError if it is not one; nothing in the file is ever executed.
     """
-    _check_header(path)
-    try:
-        with safetensors.safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except (safetensors.SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise ModelFileError(f"{path}: not a valid safetensors file ({error})") from error
-    return metadata, tensors
+    with _open_safetensors(path) as f:
+        try:
+            return f.metadata() or {}, {key: f.get_tensor(key) for key in f.keys()}
+        except (safetensors.SafetensorError, OSError, ValueError, RuntimeError) as error:
+            raise ModelFileError(f"{path}: not a valid safetensors file ({error})") from error
 
 
-def _parse_config(path: Path, metadata: dict[str, str], key: str, cls: type) -> Any:
+def _parse_json(path: Path, metadata: dict[str, str], key: str) -> Any:
     if key not in metadata:
         raise ModelFileError(f"{path}: the metadata has no {key}")
     try:
-        return cls.from_dict(json.loads(metadata[key]))
+        return json.loads(metadata[key])
+    except (ValueError, RecursionError) as error:  # RecursionError: JSON nested thousands deep
+        cause = f"{type(error).__name__}: {str(error)[:200]}"
+        raise ModelFileError(f"{path}: invalid {key}: not valid JSON ({cause})") from None
+
+
+def _parse_config(path: Path, metadata: dict[str, str], key: str, cls: type) -> Any:
+    try:
+        return cls.from_dict(_parse_json(path, metadata, key))
     except (TypeError, ValueError) as error:
         raise ModelFileError(f"{path}: invalid {key}: {error}") from error
 
 
-def _load_weights(path: Path, module: nn.Module, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
-    """Copy tensors[prefix + key] into module after checking names, shapes and dtypes."""
-    state = {}
-    for key, expected in module.state_dict().items():
-        name = prefix + key
-        if name not in tensors:
-            raise ModelFileError(f"{path}: missing tensor {name}")
-        found = tensors[name]
-        if found.shape != expected.shape or found.dtype != expected.dtype:
-            raise ModelFileError(f"{path}: tensor {name} has shape {tuple(found.shape)} and dtype {found.dtype}, "
-                                 f"expected shape {tuple(expected.shape)} and dtype {expected.dtype}")
-        state[key] = found
-    module.load_state_dict(state)
+# safetensors' names of the dtypes a model may hold.
+_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+           "I64": torch.int64, "I32": torch.int32, "BOOL": torch.bool}
+
+
+def expected_layout(vqvae_config: VQVAEConfig, prior_config: PriorConfig | None) -> dict[str, tuple[Any, tuple]]:
+    """{tensor name: (dtype, shape)} of the models these configs describe (prefixes "vqvae." and "prior."),
+    from models built on the meta device: nothing is allocated, so a config can be checked against a file first."""
+    with torch.device("meta"):
+        modules = {"vqvae.": ConvVQVAE(vqvae_config)}
+        if prior_config is not None:
+            modules["prior."] = CodePrior(prior_config)
+    return {prefix + key: (value.dtype, tuple(value.shape))
+            for prefix, module in modules.items() for key, value in module.state_dict().items()}
+
+
+def check_layout(path: Path, found: dict[str, tuple[Any, tuple]], expected: dict[str, tuple[Any, tuple]]) -> None:
+    """ModelFileError unless the file holds exactly the expected tensors, with their shapes and dtypes."""
+    missing = sorted(set(expected) - set(found))
+    if missing:
+        raise ModelFileError(f"{path}: missing tensor {missing[0]}"
+                             + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+    unexpected = sorted(set(found) - set(expected))
+    if unexpected:
+        raise ModelFileError(f"{path}: unexpected tensors {unexpected[:5]}"
+                             + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""))
+    for name, (dtype, shape) in expected.items():
+        if found[name] != (dtype, shape):
+            raise ModelFileError(f"{path}: tensor {name} has shape {found[name][1]} and dtype {found[name][0]}, "
+                                 f"expected shape {shape} and dtype {dtype} (from the file's configs)")
+
+
+def _check_finite(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ModelFileError(f"{path}: tensor {name} holds {bad} NaN or infinite value(s); the model cannot "
+                                 f"generate (did its training diverge?)")
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedVQModel:
     """Read a model file written by ``save_model``; model and prior in eval mode on ``device``.
 
+    The file is untrusted input: its configs are bounded (see the config classes) and the tensor shapes
+    its header declares are checked against them before anything is allocated, so a hostile file costs
+    no more memory than its own size.
+
     Raises:
-        ModelFileError: the file is missing or is not a valid model (not safetensors, unknown format or
-            version, invalid configs, missing, unexpected or mis-shaped tensors, ...).
+        ModelFileError: the file is missing, a folder, or not a valid model (not safetensors, unknown
+            format or version, invalid or out-of-range configs, missing, unexpected or mis-shaped
+            tensors, NaN or infinite weights, ...).
+        ValueError: ``device`` is unknown or not available here.
     """
     path = Path(path)
-    device = torch.device(device)
+    device = check_device("device", device)
+    if path.is_dir():
+        raise ModelFileError(f"{path}: is a folder, not a model file")
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
-    metadata, tensors = read_safetensors(path)
+    metadata, layout = read_safetensors_layout(path)
     if metadata.get("format") != FORMAT_NAME:
-        raise ModelFileError(f"{path}: unknown format {metadata.get('format')!r}, expected {FORMAT_NAME!r}")
+        raise ModelFileError(f"{path}: not a distill_nb model file (unknown format {metadata.get('format')!r}, "
+                             f"expected {FORMAT_NAME!r})")
     if metadata.get("format_version") == "1":
         raise ModelFileError(f"{path}: a format 1 model (the 16x-downsampled VQ-VAE of distill_nb 0.1, which lost "
                              f"pitch); this version reads format {FORMAT_VERSION!r}: retrain it with "
@@ -237,36 +297,33 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
     vqvae_config = _parse_config(path, metadata, "vqvae_config", VQVAEConfig)
     prior_config = (_parse_config(path, metadata, "prior_config", PriorConfig)
                     if "prior_config" in metadata else None)
-    if "metadata" not in metadata:
-        raise ModelFileError(f"{path}: the metadata has no metadata entry")
-    try:
-        user_metadata = json.loads(metadata["metadata"])
-    except ValueError as error:
-        raise ModelFileError(f"{path}: invalid metadata JSON: {error}") from error
+    user_metadata = _parse_json(path, metadata, "metadata")
     if not isinstance(user_metadata, dict):
         raise ModelFileError(f"{path}: metadata must be a JSON object, got {type(user_metadata).__name__}")
+    try:
+        _check_consistent(spectrogram_config, vqvae_config, prior_config, None)
+    except ValueError as error:
+        raise ModelFileError(f"{path}: {error}") from error
+    expected = expected_layout(vqvae_config, prior_config)
+    if _COUNTS_KEY in layout:
+        expected[_COUNTS_KEY] = (torch.int64, (vqvae_config.levels, vqvae_config.codebook_size))
+    check_layout(path, layout, expected)
 
+    _, tensors = read_safetensors(path)
+    _check_finite(path, tensors)
     # The weights are overwritten right away: keep their random init off the caller's global RNG.
     with torch.random.fork_rng(devices=[]):
         model = ConvVQVAE(vqvae_config)
         prior = CodePrior(prior_config) if prior_config is not None else None
     spectrogram = Spectrogram(spectrogram_config)
-
-    expected = {"vqvae." + key for key in model.state_dict()}
+    model.load_state_dict({key.removeprefix("vqvae."): value for key, value in tensors.items()
+                           if key.startswith("vqvae.")})
     if prior is not None:
-        expected |= {"prior." + key for key in prior.state_dict()}
-    unexpected = sorted(set(tensors) - expected - {_COUNTS_KEY})
-    if unexpected:
-        raise ModelFileError(f"{path}: unexpected tensors {unexpected[:5]}"
-                             + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""))
-    _load_weights(path, model, "vqvae.", tensors)
-    if prior is not None:
-        _load_weights(path, prior, "prior.", tensors)
+        prior.load_state_dict({key.removeprefix("prior."): value for key, value in tensors.items()
+                               if key.startswith("prior.")})
     counts = tensors.get(_COUNTS_KEY)
-    try:
-        _check_consistent(model, prior, spectrogram, counts)
-    except ValueError as error:
-        raise ModelFileError(f"{path}: {error}") from error
+    if counts is not None and counts.numel() and int(counts.min()) < 0:
+        raise ModelFileError(f"{path}: {_COUNTS_KEY} must be >= 0")
 
     model.to(device).eval()
     if prior is not None:

@@ -27,18 +27,24 @@ from torch import nn
 from distill_nb.checks import check_int, check_positive, check_real
 
 
+# Bounds on the config, far above any prior this toolkit trains: a model file's config is untrusted input.
+CONFIG_RANGES = {"codebook_size": (2, 65536), "levels": (1, 16), "column_tokens": (1, 4096), "seq_len": (1, 65536),
+                 "d_model": (1, 4096), "n_layers": (1, 64), "n_heads": (1, 64)}
+
+
 @dataclass(frozen=True)
 class PriorConfig:
     """Shape of a CodePrior.
 
     Args:
-        codebook_size: codes per residual level (the vocabulary), >= 2.
-        levels: residual levels, >= 1.
+        codebook_size: codes per residual level (the vocabulary).
+        levels: residual levels.
         column_tokens: tokens per grid column, rows * levels.
         seq_len: tokens per window, a whole number of columns.
         d_model: width of the residual stream; a multiple of n_heads.
-        n_layers: transformer blocks, >= 1.
-        n_heads: attention heads per block, >= 1.
+        n_layers: transformer blocks.
+        n_heads: attention heads per block.
+        Each int lies in its CONFIG_RANGES range.
         dropout: dropout probability in [0, 1) used while training.
     """
 
@@ -52,10 +58,8 @@ class PriorConfig:
     dropout: float = 0.1
 
     def __post_init__(self) -> None:
-        minimums = {"codebook_size": 2, "levels": 1, "column_tokens": 1, "seq_len": 1, "d_model": 1,
-                    "n_layers": 1, "n_heads": 1}
-        for name, minimum in minimums.items():
-            check_int(f"PriorConfig.{name}", getattr(self, name), minimum)
+        for name, (minimum, maximum) in CONFIG_RANGES.items():
+            check_int(f"PriorConfig.{name}", getattr(self, name), minimum, maximum)
         if self.column_tokens % self.levels:
             raise ValueError(f"PriorConfig.column_tokens must be a multiple of levels={self.levels}, "
                              f"got {self.column_tokens}")

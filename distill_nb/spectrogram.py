@@ -20,6 +20,10 @@ from distill_nb.inversion import InversionBases, InversionSettings, invert_mel
 __all__ = ["CHUNK_SECONDS", "SpectrogramConfig", "Spectrogram", "mel_filterbank"]
 
 CHUNK_SECONDS: float = 1.0
+# Bounds on the settings (a model file's config is untrusted input: these cap what loading it can allocate).
+SAMPLE_RATE_RANGE = (1000, 384000)
+N_FFT_RANGE = (16, 16384)
+MAX_MELS = 512
 
 
 @dataclass(frozen=True)
@@ -27,10 +31,10 @@ class SpectrogramConfig:
     """Settings of the log-mel spectrogram.
 
     Attributes:
-        sample_rate: Hz.
-        n_fft: FFT size and Hann window length, samples (>= 16).
+        sample_rate: Hz, in SAMPLE_RATE_RANGE.
+        n_fft: FFT size and Hann window length, samples, in N_FFT_RANGE.
         hop_length: samples between frames, 1..n_fft // 2 (Griffin-Lim needs >= 50 % overlap).
-        n_mels: mel bands, 1..n_fft // 2 + 1.
+        n_mels: mel bands, 1..min(n_fft // 2 + 1, MAX_MELS).
         f_min: lowest mel edge, Hz, 0 <= f_min < f_max.
         f_max: highest mel edge, Hz, <= sample_rate / 2; None = sample_rate / 2.
         mel_scale: "htk" (2595 log10(1 + f / 700)) or "slaney" (linear below 1 kHz, log above).
@@ -52,14 +56,12 @@ class SpectrogramConfig:
     def __post_init__(self) -> None:
         # Normalise numeric types (numpy scalars, ints for floats) so to_dict() is JSON-safe.
         set_field = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
-        set_field("sample_rate", check_int("sample_rate", self.sample_rate, 1))
-        set_field("n_fft", check_int("n_fft", self.n_fft, 1))
-        if self.n_fft < 16:
-            raise ValueError(f"n_fft must be >= 16, got {self.n_fft}")
+        set_field("sample_rate", check_int("sample_rate", self.sample_rate, *SAMPLE_RATE_RANGE))
+        set_field("n_fft", check_int("n_fft", self.n_fft, *N_FFT_RANGE))
         set_field("hop_length", check_int("hop_length", self.hop_length, 1))
         if self.hop_length > self.n_fft // 2:
             raise ValueError(f"hop_length must be in [1, n_fft // 2 = {self.n_fft // 2}], got {self.hop_length}")
-        set_field("n_mels", check_int("n_mels", self.n_mels, 1))
+        set_field("n_mels", check_int("n_mels", self.n_mels, 1, MAX_MELS))
         if self.n_mels > self.n_fft // 2 + 1:
             raise ValueError(f"n_mels must be in [1, n_fft // 2 + 1 = {self.n_fft // 2 + 1}], got {self.n_mels}")
         nyquist = self.sample_rate / 2

@@ -24,16 +24,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill_nb.checks import check_device
 from distill_nb.corpus import Corpus, demo_corpus
 from distill_nb.geometry import ChunkGeometry
-from distill_nb.model_file import LoadedVQModel, save_model
+from distill_nb.model_file import LoadedVQModel, ModelFileError, check_layout, expected_layout, save_model
 from distill_nb.prior import CodePrior, PriorConfig
 from distill_nb.progress import Progress, scaled
 from distill_nb.quality import evaluate_model
 from distill_nb.spectrogram import Spectrogram, SpectrogramConfig
-from distill_nb.training import (Checkpoint, TrainingHistory, check_same_weights, derive_seed, distributed_context, fit,
-                                 is_main_process, read_checkpoint, read_resume, run_settings, state_tensors, warn,
-                                 weighted_means)
+from distill_nb.training import (Checkpoint, CheckpointError, TrainingHistory, check_same_weights, derive_seed,
+                                 distributed_context, fit, is_main_process, read_checkpoint, read_resume, run_settings,
+                                 state_tensors, warn, weighted_means)
 from distill_nb.vqvae import ConvVQVAE, VQVAEConfig
 
 
@@ -521,10 +522,20 @@ def train_model(
 
 def _vqvae_of(checkpoint: Checkpoint) -> tuple[ConvVQVAE, TrainingHistory]:
     """The trained VQ-VAE and its history stored in a prior-stage checkpoint."""
+    tensors = {k: v for k, v in checkpoint.tensors.items() if k.startswith("vqvae.")}
+    try:
+        config = VQVAEConfig.from_dict(checkpoint.extra["vqvae_config"])
+        history = TrainingHistory.from_dict(checkpoint.extra["vqvae_history"])
+        # Checked before the VQ-VAE is built: the config is the file's, and could ask for any size.
+        check_layout(checkpoint.path, {k: (v.dtype, tuple(v.shape)) for k, v in tensors.items()},
+                     expected_layout(config, None))
+    except (KeyError, TypeError, ValueError, AttributeError, ModelFileError) as error:
+        raise CheckpointError(f"{checkpoint.path}: damaged checkpoint, its VQ-VAE cannot be restored "
+                              f"({type(error).__name__}: {str(error)[:300]})") from None
     with torch.random.fork_rng(devices=[]):  # the init is overwritten at once: keep it off the global RNG
-        vqvae = ConvVQVAE(VQVAEConfig.from_dict(checkpoint.extra["vqvae_config"]))
-    vqvae.load_state_dict({k[len("vqvae."):]: v for k, v in checkpoint.tensors.items() if k.startswith("vqvae.")})
-    return vqvae, TrainingHistory.from_dict(checkpoint.extra["vqvae_history"])
+        vqvae = ConvVQVAE(config)
+    vqvae.load_state_dict({k[len("vqvae."):]: v for k, v in tensors.items()})
+    return vqvae, history
 
 
 def estimate_training_seconds(corpus: Corpus, preset_name: str = DEFAULT_PRESET,
@@ -541,7 +552,7 @@ def estimate_training_seconds(corpus: Corpus, preset_name: str = DEFAULT_PRESET,
     vqvae_config = default_vqvae_config(corpus, spectrogram, preset_name)
     prior_config = default_prior_config(vqvae_config, corpus, spectrogram, preset_name)
     geometry = ChunkGeometry.of(spectrogram.config, vqvae_config)
-    device = torch.device(device)
+    device = check_device("device", device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         vqvae, prior = ConvVQVAE(vqvae_config).to(device), CodePrior(prior_config).to(device)

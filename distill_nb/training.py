@@ -43,7 +43,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from distill_nb.atomic import write_bytes_atomically
-from distill_nb.checks import check_int, check_positive
+from distill_nb.checks import check_device, check_int, check_positive
 from distill_nb.corpus import Corpus
 from distill_nb.model_file import ModelFileError, read_safetensors
 from distill_nb.progress import Progress
@@ -193,8 +193,9 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         return Checkpoint(path=path, stage=state["settings"]["stage"], epoch=state["epoch"],
                           settings=state["settings"], history=TrainingHistory.from_dict(state["history"]),
                           tensors=tensors, optimizer_groups=state["optimizer_groups"], extra=state["extra"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(f"{path}: damaged checkpoint state ({error!r})") from error
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as error:  # Recursion: absurdly nested
+        cause = f"{type(error).__name__}: {str(error)[:200]}"
+        raise CheckpointError(f"{path}: damaged checkpoint state ({cause})") from None
 
 
 def _checkpoint_payload(
@@ -230,15 +231,22 @@ def _restore(checkpoint: Checkpoint, run: dict[str, Any], model: nn.Module,
         raise ValueError(f"resume: {checkpoint.path} is from a different run; differing settings: "
                          + "; ".join(differences))
     tensors = checkpoint.tensors
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-    groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else g for g in checkpoint.optimizer_groups]
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
-    return {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
+    try:
+        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else g for g in checkpoint.optimizer_groups]
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optimizer."):
+                _, index, name = key.split(".", 2)
+                state.setdefault(int(index), {})[name] = value
+        optimizer.load_state_dict({"state": state, "param_groups": groups})
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:  # the file's tensors or groups do not fit
+        raise CheckpointError(f"{checkpoint.path}: damaged checkpoint, its weights do not fit this run "
+                              f"({type(error).__name__}: {str(error)[:300]})") from None
+    best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
+    if {k: v.shape for k, v in best.items()} != {k: v.shape for k, v in model.state_dict().items()}:
+        raise CheckpointError(f"{checkpoint.path}: damaged checkpoint, its best weights do not fit this run")
+    return best
 
 
 def read_resume(resume: str | os.PathLike | None, stage: str) -> Checkpoint | None:
@@ -270,7 +278,7 @@ class _Context:
 
 def distributed_context(device: str | torch.device) -> _Context:
     """Join the torchrun process group when launched by torchrun (once per process)."""
-    device = torch.device(device)
+    device = check_device("device", device)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return _Context(0, 1, device)
     if device.type == "cuda":

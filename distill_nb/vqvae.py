@@ -36,10 +36,17 @@ from torch import nn
 from vector_quantize_pytorch import ResidualVQ
 
 from distill_nb.checks import check_bool, check_int, check_real, config_from_dict
+from distill_nb.spectrogram import MAX_MELS
 
 # A code counts as used when its EMA cluster size reaches this, if dead-code replacement is off
 # (dead_code_threshold == 0); otherwise the dead-code threshold itself decides.
 MIN_CLUSTER_SIZE = 1e-3
+# Bounds on the config, far above any model this toolkit trains: a model file's config is untrusted input.
+MAX_STAGES = 8
+MAX_WIDTH = 1024
+MAX_RES_BLOCKS = 16
+MAX_LEVELS = 16
+MAX_CODEBOOK_SIZE = 65536
 # Long mels are encoded and decoded this many columns at a time, each segment with MARGIN_COLUMNS of
 # context on both sides (the receptive field), to bound memory on long takes.
 SEGMENT_COLUMNS = 64
@@ -53,13 +60,14 @@ class VQVAEConfig:
     """Shape and training constants of a ConvVQVAE.
 
     Attributes:
-        n_mels: mel bins of the input spectrogram (>= 1).
-        channels: channels of each encoder stage (the decoder mirrors them).
+        n_mels: mel bins of the input spectrogram, 1..MAX_MELS.
+        channels: channels of each encoder stage (the decoder mirrors them), 1..MAX_STAGES stages of
+            1..MAX_WIDTH channels.
         strides: (frequency, time) downsampling of each stage, each 1 or 2; one pair per stage.
-        res_blocks: residual blocks per stage (>= 0).
-        code_dim: D, dimension of the latent grid and of the codebook vectors.
-        levels: residual VQ levels (level 0 coarsest).
-        codebook_size: K, codes per level (>= 2).
+        res_blocks: residual blocks per stage, 0..MAX_RES_BLOCKS.
+        code_dim: D, dimension of the latent grid and of the codebook vectors, 1..MAX_WIDTH.
+        levels: residual VQ levels (level 0 coarsest), 1..MAX_LEVELS.
+        codebook_size: K, codes per level, 2..MAX_CODEBOOK_SIZE.
         commitment_weight: weight of the commitment loss (>= 0), applied once to the sum over levels.
         spectral_weight: weight of the spectral-convergence term of the reconstruction loss (>= 0).
         ema_decay: decay of the EMA codebook updates, in (0, 1).
@@ -85,24 +93,24 @@ class VQVAEConfig:
     input_std: float = 1.0
 
     def __post_init__(self) -> None:
-        check_int("n_mels", self.n_mels, 1)
-        channels = _int_sequence("channels", self.channels, 1)
-        if not channels:
-            raise ValueError("channels must hold one int >= 1 per stage, got ()")
+        check_int("n_mels", self.n_mels, 1, MAX_MELS)
+        channels = _int_sequence("channels", self.channels, 1, MAX_WIDTH)
+        if not 1 <= len(channels) <= MAX_STAGES:
+            raise ValueError(f"channels must hold one int per stage, 1 to {MAX_STAGES} stages, got {self.channels!r}")
         if isinstance(self.strides, (str, bytes)) or not isinstance(self.strides, (tuple, list)):
             raise TypeError(f"strides must be a sequence of (frequency, time) pairs, got {self.strides!r}")
         if len(self.strides) != len(channels):
             raise ValueError(f"strides must hold one (frequency, time) pair per stage ({len(channels)} channels), "
                              f"got {self.strides!r}")
-        strides = tuple(_int_sequence(f"strides[{i}]", pair, 1) for i, pair in enumerate(self.strides))
+        strides = tuple(_int_sequence(f"strides[{i}]", pair, 1, 2) for i, pair in enumerate(self.strides))
         if any(len(pair) != 2 or not set(pair) <= {1, 2} for pair in strides):
             raise ValueError(f"strides must be (frequency, time) pairs of 1 or 2, got {self.strides!r}")
         object.__setattr__(self, "channels", channels)
         object.__setattr__(self, "strides", strides)
-        check_int("res_blocks", self.res_blocks, 0)
-        check_int("code_dim", self.code_dim, 1)
-        check_int("levels", self.levels, 1)
-        check_int("codebook_size", self.codebook_size, 2)
+        check_int("res_blocks", self.res_blocks, 0, MAX_RES_BLOCKS)
+        check_int("code_dim", self.code_dim, 1, MAX_WIDTH)
+        check_int("levels", self.levels, 1, MAX_LEVELS)
+        check_int("codebook_size", self.codebook_size, 2, MAX_CODEBOOK_SIZE)
         check_bool("kmeans_init", self.kmeans_init)
         ranges = {
             "commitment_weight": ("in [0, inf)", lambda v: v >= 0),
@@ -133,11 +141,11 @@ class VQVAEConfig:
         return config_from_dict(cls, d)
 
 
-def _int_sequence(name: str, values: Any, minimum: int) -> tuple[int, ...]:
+def _int_sequence(name: str, values: Any, minimum: int, maximum: int) -> tuple[int, ...]:
     if isinstance(values, (str, bytes)) or not isinstance(values, (tuple, list)):
-        raise TypeError(f"{name} must be a sequence of ints >= {minimum}, got {values!r}")
+        raise TypeError(f"{name} must be a sequence of ints in [{minimum}, {maximum}], got {values!r}")
     for i, value in enumerate(values):
-        check_int(f"{name}[{i}]", value, minimum)
+        check_int(f"{name}[{i}]", value, minimum, maximum)
     return tuple(int(v) for v in values)
 
 

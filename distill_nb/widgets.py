@@ -16,6 +16,7 @@ import html
 import io
 import os
 import secrets
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -70,6 +71,7 @@ class GeneratorPanel:
         self.loaded = load_default_model() if loaded is None else loaded
         self.griffin_lim_iters = griffin_lim_iters
         self.last_result: GenerationResult | None = None
+        self._generating = threading.Lock()
 
         self.temperature = widgets.FloatSlider(value=1.0, min=0.1, max=2.0, step=0.05,
                                                description="Temperature", style=_WIDE_LABEL)
@@ -154,6 +156,11 @@ class GeneratorPanel:
         Errors are shown in the panel, not raised. Returns the take (also kept in ``last_result``),
         or None when generating failed.
         """
+        # One take at a time: a second click (or thread) while one runs would re-enable the button early
+        # and could show the older take last.
+        if not self._generating.acquire(blocking=False):
+            self.status.value = "A take is already being generated"
+            return None
         self.generate_button.disabled = True
         self.save_button.disabled = True
         self._show_error(None)
@@ -172,6 +179,7 @@ class GeneratorPanel:
         finally:
             self.generate_button.disabled = False
             self.save_button.disabled = self.last_result is None
+            self._generating.release()
         return result
 
     def randomize_seed(self) -> int:

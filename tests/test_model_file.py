@@ -196,7 +196,7 @@ def test_hostile_pickle_is_never_unpickled(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "hostile.distill"
     path.write_bytes(pickle.dumps(_CreatesFileWhenUnpickled(marker)))
-    with pytest.raises(ModelFileError, match="not a safetensors file") as info:
+    with pytest.raises(ModelFileError, match="not a distill_nb model file") as info:
         load_model(path)
     assert str(path) in str(info.value)
     assert not marker.exists()
@@ -205,7 +205,7 @@ def test_hostile_pickle_is_never_unpickled(tmp_path):
 def test_torch_save_file_is_refused(tmp_path):
     path = tmp_path / "torch.distill"
     torch.save({"vqvae.weight": torch.zeros(3)}, path)
-    with pytest.raises(ModelFileError, match="not a safetensors file"):
+    with pytest.raises(ModelFileError, match="not a distill_nb model file"):
         load_model(path)
 
 
@@ -238,8 +238,8 @@ def test_truncated_file_is_refused(saved, tmp_path, keep):
 def test_missing_file(tmp_path):
     with pytest.raises(ModelFileError, match="no such model file"):
         load_model(tmp_path / "nothing.distill")
-    with pytest.raises(ModelFileError, match="no such model file"):
-        load_model(tmp_path)  # a folder
+    with pytest.raises(ModelFileError, match="is a folder, not a model file"):
+        load_model(tmp_path)
 
 
 def drop(key):

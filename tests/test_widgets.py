@@ -11,6 +11,7 @@ import json
 import os
 import random
 import re
+import threading
 import wave
 
 import ipywidgets
@@ -170,6 +171,29 @@ def test_a_failure_keeps_the_previous_take_and_the_next_success_clears_the_error
     assert panel.last_result is first and not panel.save_button.disabled
     panel.loaded = loaded
     assert panel.generate() is not None and panel.error.value == ""
+
+
+def test_a_second_generate_while_a_take_runs_is_refused_and_keeps_the_button_disabled(panel, monkeypatch):
+    started, release = threading.Event(), threading.Event()
+    real_generate = widgets_module.generate
+
+    def slow_generate(*args, **kwargs):
+        started.set()
+        assert release.wait(30)
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(widgets_module, "generate", slow_generate)
+    results = []
+    first = threading.Thread(target=lambda: results.append(panel.generate()))
+    first.start()
+    assert started.wait(30)
+    assert panel.generate() is None  # the second click, while the first take runs
+    assert panel.generate_button.disabled and "already" in panel.status.value
+    release.set()
+    first.join(30)
+    assert results[0] is not None and panel.last_result is results[0]
+    assert not panel.generate_button.disabled
+    assert panel.generate() is not None  # free again once the take is done
 
 
 @pytest.mark.parametrize("name", ["temperature", "top_k", "top_p", "min_p", "duration", "crossfade", "seed"])
