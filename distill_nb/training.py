@@ -339,6 +339,12 @@ def fit(
                 metrics = evaluate(train_loss)
             record = EpochRecord(epoch=epoch, train_loss=train_loss, lr=lr,
                                  seconds=time.perf_counter() - started, **metrics)
+            if not (math.isfinite(record.train_loss) and math.isfinite(record.val_loss)):
+                # Stop before the broken weights overwrite the last good checkpoint.
+                kept = f"; {path} still holds epoch {epoch - 1}" if path is not None and epoch > 1 else ""
+                raise ValueError(f"{stage_name} training diverged in epoch {epoch} (train loss {record.train_loss}, "
+                                 f"val loss {record.val_loss}): check the corpus for extreme samples or lower the "
+                                 f"learning rate{kept}")
             history.epochs.append(record)
             if history.best is None or record.val_loss < history.best.val_loss:
                 history.best_epoch, best = epoch, state_tensors(model, "")

@@ -16,7 +16,7 @@ import pytest
 import soundfile
 import torch
 
-from distill_nb import cli
+from distill_nb import cli, training
 from distill_nb.corpus import build_corpus, demo_corpus, write_demo_folder
 from distill_nb.geometry import ChunkGeometry
 from distill_nb.model_file import load_model, save_model
@@ -206,6 +206,18 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(corpus, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vq.ckpt"]  # no temporary file left behind
     _, history = train_vqvae(corpus, VQ, epochs=3, seed=5, checkpoint_path=path, resume=path, **FAST)
     assert [r.epoch for r in history.epochs] == [1, 2, 3]
+
+
+def test_a_diverging_run_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
+    path = tmp_path / "vq.ckpt"
+    real_learning_rate = training.learning_rate
+    # An infinite learning rate from epoch 2 on (4 steps an epoch) turns the weights, then the loss, into NaN.
+    monkeypatch.setattr(training, "learning_rate",
+                        lambda step, total, peak: math.inf if step >= 4 else real_learning_rate(step, total, peak))
+    with pytest.raises(ValueError, match=r"VQ-VAE training diverged in epoch 2 \(train loss nan.*still holds epoch 1"):
+        train_vqvae(corpus, VQ, epochs=3, seed=5, checkpoint_path=path, **FAST)
+    checkpoint = read_checkpoint(path)
+    assert checkpoint.epoch == 1 and math.isfinite(checkpoint.history.epochs[0].train_loss)
 
 
 def test_low_codebook_utilisation_warns(corpus):
