@@ -4,6 +4,8 @@ audio test signals and librosa settings of the spectrogram and inversion tests."
 import librosa
 import numpy as np
 import pytest
+import safetensors
+import safetensors.torch
 import torch
 
 from distill_nb.geometry import ChunkGeometry
@@ -43,6 +45,18 @@ def tiny_model(with_counts: bool = False) -> LoadedVQModel:
     counts = torch.arange(1, TINY_Q * TINY_K + 1, dtype=torch.long).view(TINY_Q, TINY_K) if with_counts else None
     return LoadedVQModel(vqvae=model.eval(), prior=prior.eval(), spectrogram=Spectrogram(TINY_SPECTROGRAM),
                          device=torch.device("cpu"), metadata={"name": "tiny"}, train_code_counts=counts)
+
+
+def rewrite_safetensors(source, target, *, metadata=None, tensors=None):
+    """A valid safetensors copy of ``source`` at ``target``, its metadata and tensors edited in place by callables."""
+    with safetensors.safe_open(str(source), framework="pt") as f:
+        meta, data = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    if metadata:
+        metadata(meta)
+    if tensors:
+        tensors(data)
+    safetensors.torch.save_file(data, str(target), metadata=meta)
+    return target
 
 
 # A tiny spectrogram for comparisons with librosa: librosa's NNLS (L-BFGS-B with as many corrections as FFT

@@ -18,7 +18,7 @@ import safetensors
 import safetensors.torch
 import soundfile as sf
 import torch
-from conftest import tiny_model
+from conftest import rewrite_safetensors, tiny_model
 
 from distill_nb import cli
 from distill_nb.corpus import build_corpus, write_demo_folder
@@ -35,14 +35,7 @@ def read(path):
 
 
 def rewrite(source, target, edit_header=None, edit_tensors=None):
-    """Copy the safetensors file ``source`` to ``target``, editing its metadata and tensors in place."""
-    header, tensors = read(source)
-    if edit_header:
-        edit_header(header)
-    if edit_tensors:
-        edit_tensors(tensors)
-    safetensors.torch.save_file(tensors, str(target), metadata=header)
-    return target
+    return rewrite_safetensors(source, target, metadata=edit_header, tensors=edit_tensors)
 
 
 def set_json(key, *path_and_value):

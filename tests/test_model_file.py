@@ -14,6 +14,8 @@ import safetensors
 import safetensors.torch
 import torch
 
+from conftest import rewrite_safetensors
+
 from distill_nb import model_file
 from distill_nb.model_file import (DEFAULT_MODEL_PATH, LoadedVQModel, ModelFileError, load_default_model, load_model,
                                    save_model)
@@ -53,18 +55,6 @@ def loaded() -> LoadedVQModel:
 @pytest.fixture(scope="module")
 def saved(loaded, tmp_path_factory) -> Path:
     return save_model(loaded, tmp_path_factory.mktemp("model") / "tiny.distill")
-
-
-def rewrite(source: Path, target: Path, *, metadata=None, tensors=None) -> Path:
-    """A valid safetensors copy of ``source`` with its metadata and tensors edited by callables."""
-    with safetensors.safe_open(str(source), framework="pt") as f:
-        meta, data = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
-    if metadata:
-        metadata(meta)
-    if tensors:
-        tensors(data)
-    safetensors.torch.save_file(data, str(target), metadata=meta)
-    return target
 
 
 def test_round_trip_is_bit_exact(loaded, saved):
@@ -272,7 +262,7 @@ def put(key, value):
     (put("prior_config", json.dumps({**TINY_PRIOR.to_dict(), "levels": 1})), None, "prior levels=1"),
 ], ids=lambda v: "" if callable(v) or v is None else v[:40])
 def test_edited_model_is_refused(saved, tmp_path, metadata, tensors, message):
-    path = rewrite(saved, tmp_path / "edited.distill", metadata=metadata, tensors=tensors)
+    path = rewrite_safetensors(saved, tmp_path / "edited.distill", metadata=metadata, tensors=tensors)
     with pytest.raises(ModelFileError, match=message) as info:
         load_model(path)
     assert "edited.distill" in str(info.value)
