@@ -3,7 +3,7 @@
     .venv/bin/python bench/sampling_bench.py [--repeats 3] [--threads N]
 
 Sampling rows, on the same weights (each chunk: the first second of a prior window):
-seed-style: a full forward pass every step, batch 1, chunk after chunk (sample_codes_full_forward).
+seed-style: a full forward pass every step, batch 1, chunk after chunk (sample_codes(step="full")).
 ours:       all 10 chunks in one batch through the KV cache (sample_codes), with the one-token step of
             kernels.PriorStep (the default) and with the reference step CodePrior.next_logits (what the
             kernel buys).
@@ -40,7 +40,7 @@ from distill_nb.geometry import ChunkGeometry
 from distill_nb.inversion import DECODED_INVERSION, PREVIOUS_INVERSION, SEED_STYLE_INVERSION
 from distill_nb.model_file import DEFAULT_MODEL_PATH, LoadedVQModel, load_default_model
 from distill_nb.prior import CodePrior, PriorConfig, unflatten_codes
-from distill_nb.sampling import sample_codes, sample_codes_full_forward
+from distill_nb.sampling import sample_codes
 from distill_nb.spectrogram import SpectrogramConfig
 from distill_nb.stages import PRESETS
 from distill_nb.stitching import crossfade_chunks
@@ -78,7 +78,7 @@ def seed_style_audio(loaded: LoadedVQModel, seed: int) -> None:
     chunks = []
     geometry = loaded.geometry
     for i in range(NUM_CHUNKS + 1):  # 11 chunks with 50 ms overlaps cover 10 s
-        flat = sample_codes_full_forward(loaded.prior, 1, [seed + i], length=geometry.chunk_tokens)
+        flat = sample_codes(loaded.prior, 1, [seed + i], length=geometry.chunk_tokens, step="full")
         with torch.inference_mode():
             mel = loaded.vqvae.decode_codes(unflatten_codes(flat, loaded.prior.levels), geometry.frames)
         chunks.append(loaded.spectrogram.mel_to_waveform(mel, SEED_STYLE_INVERSION, length=loaded.chunk_samples,
@@ -148,11 +148,11 @@ def main() -> None:
              f"{c.n_heads} heads, windows of {c.seq_len} tokens, {chunk_tokens} tokens per chunk"]
     runs = {
         "seed-style: full forward each step, batch 1": lambda: [
-            sample_codes_full_forward(prior, 1, [seed], length=chunk_tokens) for seed in seeds],
+            sample_codes(prior, 1, [seed], length=chunk_tokens, step="full") for seed in seeds],
         "ours: KV cache, batch 10, PriorStep kernel": lambda: sample_codes(prior, NUM_CHUNKS, seeds,
                                                                            length=chunk_tokens),
         "ours: KV cache, batch 10, reference step": lambda: sample_codes(prior, NUM_CHUNKS, seeds, length=chunk_tokens,
-                                                                         fast_step=False),
+                                                                         step="cache"),
     }
     for run in runs.values():  # warm-up: first calls pay for allocations and kernel setup
         run()

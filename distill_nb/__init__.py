@@ -22,7 +22,7 @@ from distill_nb.prior import CodePrior, PriorConfig, flatten_codes, unflatten_co
 from distill_nb.quality import QualityReport, evaluate_model
 from distill_nb.sampling import filter_logits, sample_code_sequence, sample_codes
 from distill_nb.spectrogram import CHUNK_SECONDS, Spectrogram, SpectrogramConfig
-from distill_nb.stages import PRESETS, train_default_model, train_model, train_prior, train_vqvae
+from distill_nb.stages import PRESETS, StageOptions, train_default_model, train_model, train_prior, train_vqvae
 from distill_nb.stitching import crossfade_chunks
 from distill_nb.training import TrainingHistory
 from distill_nb.vqvae import CodebookHealth, ConvVQVAE, VQVAEConfig
@@ -50,15 +50,15 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "AudioFeatures", "AudioFileError", "CHUNK_SECONDS", "ChunkGeometry", "CodePrior", "CodebookHealth",
-    "CompareGrid", "ConvVQVAE", "Corpus", "DEFAULT_MODEL_PATH", "GenerationResult", "GenerationSettings",
-    "GeneratorPanel", "InversionSettings", "LevelStats", "LoadedVQModel", "MAX_DURATION_S", "ModelFileError",
-    "PRESETS", "PriorConfig", "QualityReport", "SILENT_DB", "SeamReport", "SkippedFile", "Spectrogram",
-    "SpectrogramConfig", "TrainingHistory", "VQVAEConfig", "audio_features", "build_corpus", "code_histograms",
-    "compare_to_training", "crossfade_chunks", "demo_corpus", "encode_audio", "evaluate_model", "feature_distance",
-    "filter_logits", "flatten_codes", "generate", "generate_audio_from_prior", "generate_takes", "js_divergence",
-    "level_statistics", "load_audio", "load_default_model", "load_model", "normalise_level", "plot_code_histograms",
-    "plot_filter_demo", "plot_seam_zoom", "plot_spectrogram", "plot_training_curves", "sample_code_sequence",
-    "sample_codes", "save_audio", "save_model", "seam_discontinuity", "spectral_convergence", "train_default_model",
-    "train_model", "train_prior", "train_vqvae", "unflatten_codes", "write_demo_folder",
+    "AudioFeatures", "AudioFileError", "CHUNK_SECONDS", "ChunkGeometry", "CodePrior", "CodebookHealth", "CompareGrid",
+    "ConvVQVAE", "Corpus", "DEFAULT_MODEL_PATH", "GenerationResult", "GenerationSettings", "GeneratorPanel",
+    "InversionSettings", "LevelStats", "LoadedVQModel", "MAX_DURATION_S", "ModelFileError", "PRESETS", "PriorConfig",
+    "QualityReport", "SILENT_DB", "SeamReport", "SkippedFile", "Spectrogram", "SpectrogramConfig", "StageOptions",
+    "TrainingHistory", "VQVAEConfig", "audio_features", "build_corpus", "code_histograms", "compare_to_training",
+    "crossfade_chunks", "demo_corpus", "encode_audio", "evaluate_model", "feature_distance", "filter_logits",
+    "flatten_codes", "generate", "generate_audio_from_prior", "generate_takes", "js_divergence", "level_statistics",
+    "load_audio", "load_default_model", "load_model", "normalise_level", "plot_code_histograms", "plot_filter_demo",
+    "plot_seam_zoom", "plot_spectrogram", "plot_training_curves", "sample_code_sequence", "sample_codes", "save_audio",
+    "save_model", "seam_discontinuity", "spectral_convergence", "train_default_model", "train_model", "train_prior",
+    "train_vqvae", "unflatten_codes", "write_demo_folder",
 ]

@@ -1,7 +1,7 @@
 """Hand-tuned equivalents of reference code, each selected by a setting and tested against its reference.
 
 - the NNLS and Griffin-Lim of ``inversion.py`` (`InversionSettings.fast_kernels`);
-- the prior's one-token step, ``CodePrior.next_logits`` on a KV cache (`sampling.sample_codes(fast_step=)`).
+- the prior's one-token step, ``CodePrior.next_logits`` on a KV cache (`sampling.sample_codes(step="kernel")`).
 
 Each gives its reference's result to float rounding (tests/test_kernels.py) and is here because it is
 measurably faster (bench/sampling_bench.py, bench/inversion_bench.py).

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from distill_nb import kernels
-from distill_nb.checks import check_int, check_positive, check_real
+from distill_nb.checks import check_choice, check_int, check_positive, check_real
 from distill_nb.prior import CodePrior
 
 # logits_at(codes [B, seq_len], i) -> float32 logits [B, codebook_size] of codes[:, i] given codes[:, :i]
@@ -168,6 +168,11 @@ def _full_forward_logits(prior: CodePrior, batch_size: int, device: torch.device
     return lambda codes, i: prior(codes[:, : i + 1])[:, -1].float()
 
 
+# How a sampling step computes its logits (see `sample_codes`).
+_STEPS: dict[str, Callable[[CodePrior, int, torch.device], LogitsAt]] = {
+    "kernel": _fast_cached_logits, "cache": _cached_logits, "full": _full_forward_logits}
+
+
 def _level_temperatures(temperature: float | Sequence[float], levels: int) -> list[float]:
     if isinstance(temperature, numbers.Real):  # a bool too: check_positive names and rejects it
         return [check_positive("temperature", temperature)] * levels
@@ -205,7 +210,7 @@ def _sample(
     device: torch.device | str | None,
     length: int | None,
 ) -> torch.Tensor:
-    """The sampling loop shared by sample_codes and sample_codes_full_forward: filter, sample, append."""
+    """The sampling loop of sample_codes, whichever way its steps compute their logits: filter, sample, append."""
     top_k = check_int("top_k", top_k, 0)
     top_p, min_p = check_real("top_p", top_p, *_UNIT_RANGE), check_real("min_p", min_p, *_UNIT_RANGE)
     temperatures = _level_temperatures(temperature, prior.levels)
@@ -265,7 +270,7 @@ def sample_codes(
     prefix: torch.Tensor | None = None,
     device: torch.device | str | None = None,
     length: int | None = None,
-    fast_step: bool = True,
+    step: str = "kernel",
 ) -> torch.Tensor:
     """Sample num_sequences flat code sequences, long [B, length], all in one batch through the KV cache.
 
@@ -281,35 +286,14 @@ def sample_codes(
         device: None or the prior's device (the prior is not moved); the output lives there.
         length: tokens per sequence, prefix included, in [max(k, 1), seq_len]; None = seq_len. Token i
             of a row does not depend on the length (the row's uniforms are drawn for the whole window).
-        fast_step: feed each sampled token through ``kernels.PriorStep`` (the same logits to float
-            rounding, in fewer calls) rather than the reference ``CodePrior.next_logits``.
+        step: how each step's logits are computed, the same to float rounding (same uniforms, so the
+            same codes): "kernel" feeds the sampled token through ``kernels.PriorStep`` on the KV cache
+            (fewest calls); "cache" through the reference ``CodePrior.next_logits``; "full" recomputes the
+            whole forward pass every step, without a cache (the reference for the cache, and the
+            seed-style baseline of bench/sampling_bench.py).
     """
-    return _sample(
-        _fast_cached_logits if fast_step else _cached_logits, prior, num_sequences, seeds, temperature, top_k,
-        top_p, min_p, prefix, device, length
-    )
-
-
-def sample_codes_full_forward(
-    prior: CodePrior,
-    num_sequences: int,
-    seeds: Sequence[int],
-    temperature: float | Sequence[float] = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    min_p: float = 0.0,
-    prefix: torch.Tensor | None = None,
-    device: torch.device | str | None = None,
-    length: int | None = None,
-) -> torch.Tensor:
-    """`sample_codes` without the KV cache: the whole forward pass is recomputed at every step.
-
-    Same arguments, same uniforms, so the same codes up to float rounding; it is the reference for
-    testing the cache and the seed-style baseline of bench/sampling_bench.py.
-    """
-    return _sample(
-        _full_forward_logits, prior, num_sequences, seeds, temperature, top_k, top_p, min_p, prefix, device, length
-    )
+    logits = _STEPS[check_choice("step", step, tuple(_STEPS))]
+    return _sample(logits, prior, num_sequences, seeds, temperature, top_k, top_p, min_p, prefix, device, length)
 
 
 def sample_code_sequence(

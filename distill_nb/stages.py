@@ -97,6 +97,40 @@ MEMORISATION_RATIO = 2.0  # ... and validation perplexity above this multiple of
 DEFAULT_MODEL_SECONDS = 120.0
 
 
+@dataclass(frozen=True)
+class StageOptions:
+    """How a training stage runs (the keyword arguments of `train_vqvae` and `train_prior`).
+
+    Attributes:
+        epochs, steps_per_epoch, batch_size, lr: None = the preset's.
+        seed: every random choice derives from it.
+        device: "cpu" or "cuda" (under torchrun, the local rank's GPU).
+        progress: called with (fraction in [0, 1], message) after each step and epoch.
+        checkpoint_path: where to write checkpoints (None = none); every ``checkpoint_every`` epochs.
+        resume: a checkpoint of this run to continue; the other arguments must match the run's
+            (config, epochs and steps_per_epoch left None take the checkpoint's).
+        checkpoint_metadata: JSON-safe data stored in each checkpoint (see ``read_checkpoint``).
+        preset_name: a key of PRESETS.
+    """
+
+    epochs: int | None = None
+    steps_per_epoch: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int = 0
+    device: str | torch.device = "cpu"
+    progress: Progress | None = None
+    checkpoint_path: str | os.PathLike | None = None
+    checkpoint_every: int = 1
+    resume: str | os.PathLike | None = None
+    checkpoint_metadata: dict | None = None
+    preset_name: str = DEFAULT_PRESET
+
+    def schedule(self) -> dict[str, Any]:
+        """The schedule asked for (None = the preset's), as ``run_settings`` takes it."""
+        return dict(epochs=self.epochs, steps_per_epoch=self.steps_per_epoch, batch_size=self.batch_size, lr=self.lr)
+
+
 def preset(name: str) -> Preset:
     """The preset called ``name``; ValueError listing the presets otherwise."""
     if name not in PRESETS:
@@ -215,23 +249,8 @@ def random_token_windows(stream: torch.Tensor, n: int, window: int, column_token
 # --- the two stages --------------------------------------------------------------------------------
 
 
-def train_vqvae(
-    corpus: Corpus,
-    config: VQVAEConfig | None = None,
-    spectrogram: Spectrogram | None = None,
-    epochs: int | None = None,
-    steps_per_epoch: int | None = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    progress: Progress | None = None,
-    checkpoint_path: str | os.PathLike | None = None,
-    checkpoint_every: int = 1,
-    resume: str | os.PathLike | None = None,
-    checkpoint_metadata: dict | None = None,
-    preset_name: str = DEFAULT_PRESET,
-) -> tuple[ConvVQVAE, TrainingHistory]:
+def train_vqvae(corpus: Corpus, config: VQVAEConfig | None = None, spectrogram: Spectrogram | None = None,
+                **options: Any) -> tuple[ConvVQVAE, TrainingHistory]:
     """Train a ConvVQVAE on ``corpus`` -> (model in eval mode with the best-validation weights, history).
 
     Args:
@@ -239,22 +258,16 @@ def train_vqvae(
         config: None = ``default_vqvae_config(corpus, preset_name=preset_name)``. Its ``input_mean``/``input_std``
             are replaced by the mean and standard deviation of the training log-mels.
         spectrogram: mel analysis; None = the default at the corpus sample rate.
-        epochs, steps_per_epoch, batch_size, lr: None = the preset's.
-        seed: every random choice derives from it. device: "cpu" or "cuda" (under torchrun, the local rank's GPU).
-        progress: called with (fraction in [0, 1], message) after each step and epoch.
-        checkpoint_path: where to write checkpoints (None = none); every ``checkpoint_every`` epochs.
-        resume: a checkpoint of this run to continue; the other arguments must match the run's
-            (config, epochs and steps_per_epoch left None take the checkpoint's).
-        checkpoint_metadata: JSON-safe data stored in each checkpoint (see ``read_checkpoint``).
-        preset_name: a key of PRESETS.
+        options: the fields of `StageOptions` (schedule, seed, device, progress, checkpoints, preset).
     """
-    chosen = preset(preset_name)
-    ctx = distributed_context(device)  # before the model: the codebooks sync when distributed
+    opts = StageOptions(**options)
+    chosen = preset(opts.preset_name)
+    ctx = distributed_context(opts.device)  # before the model: the codebooks sync when distributed
     spectrogram = spectrogram_for(corpus, spectrogram)
-    checkpoint = read_resume(resume, "vqvae")
+    checkpoint = read_resume(opts.resume, "vqvae")
     if config is None:
         config = (VQVAEConfig.from_dict(checkpoint.settings["config"]) if checkpoint
-                  else default_vqvae_config(corpus, spectrogram, preset_name))
+                  else default_vqvae_config(corpus, spectrogram, opts.preset_name))
     if not isinstance(config, VQVAEConfig):
         raise TypeError(f"config must be a VQVAEConfig or None, got {type(config).__name__}")
     if config.n_mels != spectrogram.config.n_mels:
@@ -264,14 +277,13 @@ def train_vqvae(
     everything = torch.cat(train_mels, dim=1)
     config = dataclasses.replace(config, input_mean=float(everything.mean()),
                                  input_std=max(float(everything.std()), 1e-3))
-    run = run_settings("vqvae", config.to_dict(), corpus,
-                       dict(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr),
+    run = run_settings("vqvae", config.to_dict(), corpus, opts.schedule(),
                        dict(epochs=chosen.vqvae_epochs, steps_per_epoch=chosen.vqvae_steps_per_epoch,
-                            batch_size=chosen.vqvae_batch, lr=chosen.vqvae_lr), seed, checkpoint)
+                            batch_size=chosen.vqvae_batch, lr=chosen.vqvae_lr), opts.seed, checkpoint)
     geometry = ChunkGeometry.of(spectrogram.config, config)
 
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, 0, 0))
+        torch.manual_seed(derive_seed(opts.seed, 0, 0))
         model = ConvVQVAE(config).to(ctx.device)
     val_mels = tiled_mel_chunks(file_mels(corpus, "val", spectrogram), geometry.frames).to(ctx.device)
 
@@ -287,8 +299,8 @@ def train_vqvae(
                     codebook_utilisation=[h.utilisation for h in health],
                     codebook_perplexity=[h.perplexity for h in health])
 
-    history = fit(run, model, batch_loss, evaluate, ctx, progress, checkpoint_path, checkpoint_every,
-                  checkpoint, {}, checkpoint_metadata)
+    history = fit(run, model, batch_loss, evaluate, ctx, opts.progress, opts.checkpoint_path, opts.checkpoint_every,
+                  checkpoint, {}, opts.checkpoint_metadata)
     history.codebook_health = model.codebook_health()
     for h in history.codebook_health:
         if h.utilisation < LOW_UTILISATION:
@@ -298,24 +310,8 @@ def train_vqvae(
     return model, history
 
 
-def train_prior(
-    vqvae: ConvVQVAE,
-    corpus: Corpus,
-    config: PriorConfig | None = None,
-    spectrogram: Spectrogram | None = None,
-    epochs: int | None = None,
-    steps_per_epoch: int | None = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    progress: Progress | None = None,
-    checkpoint_path: str | os.PathLike | None = None,
-    checkpoint_every: int = 1,
-    resume: str | os.PathLike | None = None,
-    checkpoint_metadata: dict | None = None,
-    preset_name: str = DEFAULT_PRESET,
-) -> tuple[CodePrior, TrainingHistory]:
+def train_prior(vqvae: ConvVQVAE, corpus: Corpus, config: PriorConfig | None = None,
+                spectrogram: Spectrogram | None = None, **options: Any) -> tuple[CodePrior, TrainingHistory]:
     """Train a CodePrior on the codes of ``vqvae`` -> (prior in eval mode, best-validation weights; history).
 
     The training audio is encoded once as a stream (STREAM_ORDERS random file orders at shifted column
@@ -326,13 +322,14 @@ def train_prior(
     times higher. Checkpoints hold the VQ-VAE too, so a resumed run can check it is the same.
     Arguments as in ``train_vqvae``; ``config`` None = ``default_prior_config``.
     """
-    chosen = preset(preset_name)
-    ctx = distributed_context(device)
+    opts = StageOptions(**options)
+    chosen = preset(opts.preset_name)
+    ctx = distributed_context(opts.device)
     spectrogram = spectrogram_for(corpus, spectrogram)
-    checkpoint = read_resume(resume, "prior")
+    checkpoint = read_resume(opts.resume, "prior")
     if config is None:
         config = (PriorConfig.from_dict(checkpoint.settings["config"]) if checkpoint
-                  else default_prior_config(vqvae.config, corpus, spectrogram, preset_name))
+                  else default_prior_config(vqvae.config, corpus, spectrogram, opts.preset_name))
     if not isinstance(config, PriorConfig):
         raise TypeError(f"config must be a PriorConfig or None, got {type(config).__name__}")
     geometry = ChunkGeometry.of(spectrogram.config, vqvae.config)
@@ -344,16 +341,15 @@ def train_prior(
     vqvae_tensors = state_tensors(vqvae, "vqvae.")
     if checkpoint is not None:
         check_same_weights(checkpoint, vqvae_tensors)
-    run = run_settings("prior", config.to_dict(), corpus,
-                       dict(epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size, lr=lr),
+    run = run_settings("prior", config.to_dict(), corpus, opts.schedule(),
                        dict(epochs=chosen.prior_epochs, steps_per_epoch=chosen.prior_steps_per_epoch,
-                            batch_size=chosen.prior_batch, lr=chosen.prior_lr), seed, checkpoint)
+                            batch_size=chosen.prior_batch, lr=chosen.prior_lr), opts.seed, checkpoint)
     vqvae.to(ctx.device).eval()
-    train_stream = code_stream(vqvae, file_mels(corpus, "train", spectrogram), derive_seed(seed, 0, 0, stream=2))
+    train_stream = code_stream(vqvae, file_mels(corpus, "train", spectrogram), derive_seed(opts.seed, 0, 0, stream=2))
     val_tokens = validation_windows(vqvae, corpus, spectrogram, config).to(ctx.device)
 
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, 0, 0))
+        torch.manual_seed(derive_seed(opts.seed, 0, 0))
         prior = CodePrior(config).to(ctx.device)
 
     def cross_entropy(module: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -369,8 +365,8 @@ def train_prior(
         return dict(val_loss=val_loss, train_perplexity=math.exp(min(train_loss, 50.0)),
                     val_perplexity=math.exp(min(val_loss, 50.0)))
 
-    history = fit(run, prior, batch_loss, evaluate, ctx, progress, checkpoint_path, checkpoint_every,
-                  checkpoint, vqvae_tensors, checkpoint_metadata)
+    history = fit(run, prior, batch_loss, evaluate, ctx, opts.progress, opts.checkpoint_path, opts.checkpoint_every,
+                  checkpoint, vqvae_tensors, opts.checkpoint_metadata)
     message = memorisation_warning(history)
     if message is not None:
         warn(history, ctx, message)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from distill_nb.prior import CodePrior, PriorConfig
-from distill_nb.sampling import (_draw, filter_logits, sample_code_sequence, sample_codes, sample_codes_full_forward)
+from distill_nb.sampling import _draw, filter_logits, sample_code_sequence, sample_codes
 
 TINY = PriorConfig(codebook_size=16, levels=3, column_tokens=6, seq_len=24, d_model=32, n_layers=2, n_heads=4)
 INF = math.inf
@@ -333,8 +333,13 @@ def test_batched_rows_equal_rows_sampled_one_by_one(prior):
 )
 def test_kv_cached_sampling_equals_full_forward_sampling(prior, kwargs):
     cached = sample_codes(prior, 2, [11, 12], **kwargs)
-    assert torch.equal(cached, sample_codes_full_forward(prior, 2, [11, 12], **kwargs))
-    assert torch.equal(cached, sample_codes(prior, 2, [11, 12], fast_step=False, **kwargs))  # the reference step
+    assert torch.equal(cached, sample_codes(prior, 2, [11, 12], step="full", **kwargs))
+    assert torch.equal(cached, sample_codes(prior, 2, [11, 12], step="cache", **kwargs))  # the reference step
+
+
+def test_an_unknown_step_is_refused(prior):
+    with pytest.raises(ValueError, match="step must be one of 'kernel', 'cache', 'full'"):
+        sample_codes(prior, 1, [0], step="fast")
 
 
 @pytest.mark.parametrize("length", [1, 7, 23])
