@@ -1,6 +1,10 @@
 """`python -m distill_nb generate`, driven through cli.main with a tiny model file."""
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from dataclasses import replace
 
 import numpy as np
@@ -133,3 +137,23 @@ def test_models_that_cannot_generate_exit_with_2(model_path, tmp_path, capsys):
     vqvae_only = save_model(replace(load_model(model_path), prior=None), tmp_path / "vqvae.distill")
     assert main(["generate", "--model", str(vqvae_only), "-o", str(tmp_path / "x.wav"), *FAST]) == 2
     assert "Model has no trained prior" in capsys.readouterr().err
+
+
+def test_the_cli_runs_without_the_notebook_libraries(model_path, tmp_path):
+    """ipywidgets, IPython and matplotlib are the [notebooks] extra: the CLI must not need them."""
+    script = textwrap.dedent("""
+        import sys
+        for name in ("ipywidgets", "IPython", "matplotlib"):
+            sys.modules[name] = None  # any import of them raises ImportError
+        from distill_nb.cli import main
+        assert main(["info", sys.argv[1]]) == 0
+        assert main(["generate", "--model", sys.argv[1], "-o", sys.argv[2], "--seed", "1", "--duration", "1",
+                     *sys.argv[3:]]) == 0
+        loaded = [name for name in ("ipywidgets", "IPython", "matplotlib") if sys.modules[name] is not None]
+        assert not loaded, loaded
+    """)
+    out = tmp_path / "take.wav"
+    done = subprocess.run([sys.executable, "-c", script, str(model_path), str(out), *FAST], capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sf.info(out).frames == 8000
