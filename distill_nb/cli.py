@@ -2,7 +2,7 @@
 
 Commands (one small function each, ``cmd_<name>``):
 
-    train FOLDER -o OUT.distill   train a model on a folder of sounds (checkpoints to OUT.ckpt)
+    train FOLDER -o OUT.distill   train a model on a folder of sounds (checkpoints to OUT.ckpt, removed at the end)
     generate -o OUT.wav           generate takes with a model (the bundled default unless --model)
     info MODEL.distill            configs, sizes, training summary, sound quality and codebook health
     train-default [-o PATH]       retrain the bundled default model on the procedural demo corpus
@@ -87,7 +87,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not is_main_process():
         return 0
     saved = _save_or_rescue(lambda target: save_model(loaded, target), output)
-    _print(f"saved {saved} ({saved.stat().st_size / 1e6:.1f} MB); checkpoint {checkpoint}")
+    _print(f"saved {saved} ({saved.stat().st_size / 1e6:.1f} MB)")
+    if args.keep_checkpoint or saved != output:
+        _print(f"checkpoint kept: {checkpoint}")
+    else:  # the model holds everything the checkpoint did, apart from the optimizer state
+        checkpoint.unlink(missing_ok=True)
     _print(f"VQ-VAE {_parameters(loaded.vqvae):,} parameters, prior {_parameters(loaded.prior):,} parameters")
     for history in histories.values():
         _print(history.summary())
@@ -99,6 +103,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Describe a model file; a file that is not a model gives a one-line error and exit code 2."""
+    _set_threads(args.threads)
     path = pathlib.Path(args.model)
     loaded = load_model(path)
     metadata = loaded.metadata  # written by whoever made the file: every entry may have any JSON type
@@ -243,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0, help="seed of the split and of training (default 0)")
     train.add_argument("--checkpoint", help="checkpoint file (default: OUTPUT with the suffix .ckpt)")
     train.add_argument("--resume", metavar="CKPT", help="continue the run saved in this checkpoint")
+    train.add_argument("--keep-checkpoint", action="store_true",
+                       help="keep the checkpoint after the model is saved (default: remove it)")
     train.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     train.add_argument("--name", help="model name stored in the file (default: OUTPUT's stem)")
     train.add_argument("--threads", type=_positive_int, help=THREADS_HELP)
@@ -250,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="describe a model file")
     info.add_argument("model", help="a .distill model file")
+    info.add_argument("--threads", type=_positive_int, help=THREADS_HELP)
     info.set_defaults(handler=cmd_info)
 
     defaults = GenerationSettings()

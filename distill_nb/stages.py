@@ -95,6 +95,15 @@ MEMORISATION_RATIO = 2.0  # ... and validation perplexity above this multiple of
 
 # The bundled default model: the standard preset on the procedural demo corpus.
 DEFAULT_MODEL_SECONDS = 120.0
+# Less usable audio than this cannot fill the prior's windows and a validation chunk; minutes train well.
+MIN_CORPUS_SECONDS = 5.0
+
+
+def check_corpus_duration(corpus: Corpus) -> None:
+    """ValueError, saying how much is needed, when ``corpus`` is too short to train on."""
+    if corpus.total_seconds < MIN_CORPUS_SECONDS:
+        raise ValueError(f"the corpus {corpus.source or '(in memory)'} holds {corpus.total_seconds:.2f} s of usable "
+                         f"audio; training needs at least {MIN_CORPUS_SECONDS:g} s (a few minutes trains well)")
 
 
 @dataclass(frozen=True)
@@ -261,6 +270,7 @@ def train_vqvae(corpus: Corpus, config: VQVAEConfig | None = None, spectrogram: 
         options: the fields of `StageOptions` (schedule, seed, device, progress, checkpoints, preset).
     """
     opts = StageOptions(**options)
+    check_corpus_duration(corpus)
     chosen = preset(opts.preset_name)
     ctx = distributed_context(opts.device)  # before the model: the codebooks sync when distributed
     spectrogram = spectrogram_for(corpus, spectrogram)
@@ -543,6 +553,7 @@ def estimate_training_seconds(corpus: Corpus, preset_name: str = DEFAULT_PRESET,
     The steps run on throwaway models (the global RNG is left alone); reading and encoding the corpus and
     the validation after each epoch are not counted, so the real time is a little longer.
     """
+    check_corpus_duration(corpus)
     chosen = preset(preset_name)
     spectrogram = spectrogram_for(corpus, spectrogram)
     vqvae_config = default_vqvae_config(corpus, spectrogram, preset_name)

@@ -16,7 +16,7 @@ import pytest
 import soundfile
 import torch
 
-from distill_nb import cli, training
+from distill_nb import cli
 from distill_nb.corpus import build_corpus, demo_corpus, write_demo_folder
 from distill_nb.geometry import ChunkGeometry
 from distill_nb.model_file import load_model, save_model
@@ -25,7 +25,7 @@ from distill_nb.spectrogram import Spectrogram, SpectrogramConfig
 from distill_nb.stages import (calibrate_prior, code_stream, estimate_training_seconds, file_mels,
                                memorisation_warning, random_mel_windows, random_token_windows, train_model, train_prior,
                                train_vqvae, validation_windows)
-from distill_nb.training import CheckpointError, EpochRecord, TrainingHistory, read_checkpoint
+from distill_nb.training import CheckpointError, EpochRecord, TrainingHistory, learning_rate, read_checkpoint
 from distill_nb.vqvae import VQVAEConfig
 
 # A tiny world: 16 kHz, 16 mel bands, 63 frames -> a 2 x 4 grid (8x frequency, 16x time), 3 levels, 8 codes,
@@ -210,10 +210,9 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(corpus, tmp_pat
 
 def test_a_diverging_run_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(corpus, tmp_path, monkeypatch):
     path = tmp_path / "vq.ckpt"
-    real_learning_rate = training.learning_rate
     # An infinite learning rate from epoch 2 on (4 steps an epoch) turns the weights, then the loss, into NaN.
-    monkeypatch.setattr(training, "learning_rate",
-                        lambda step, total, peak: math.inf if step >= 4 else real_learning_rate(step, total, peak))
+    monkeypatch.setattr("distill_nb.training.learning_rate",
+                        lambda step, total, peak: math.inf if step >= 4 else learning_rate(step, total, peak))
     with pytest.raises(ValueError, match=r"VQ-VAE training diverged in epoch 2 \(train loss nan.*still holds epoch 1"):
         train_vqvae(corpus, VQ, epochs=3, seed=5, checkpoint_path=path, **FAST)
     checkpoint = read_checkpoint(path)
@@ -361,7 +360,7 @@ def test_cli_train_then_info(sound_folder, tmp_path, capsys):
     assert re.search(r"preset 'small' on \d+ threads: training takes about \d+ min", printed)
     assert "VQ-VAE" in printed and "perplexity" in printed and "codebook level 0" in printed
     assert "spectral convergence" in printed and "feature distance to the corpus" in printed
-    assert out.is_file() and (tmp_path / "model.ckpt").is_file()
+    assert out.is_file() and not (tmp_path / "model.ckpt").exists()  # removed once the model is saved
 
     assert cli.main(["info", str(out)]) == 0
     info = capsys.readouterr().out
@@ -370,6 +369,18 @@ def test_cli_train_then_info(sound_folder, tmp_path, capsys):
     assert re.search(r"reconstruction of held-out audio: spectral convergence \d\.\d{3} "
                      r"\(Griffin-Lim ceiling \d\.\d{3}\)", info)
     assert "silent share" in info and "pitchiness" in info
+
+
+def test_cli_train_keeps_the_checkpoint_when_asked_and_refuses_a_too_short_corpus(tmp_path, capsys):
+    write_demo_folder(tmp_path / "short", seed=2, seconds=2.0)
+    assert cli.main(["train", str(tmp_path / "short"), "-o", str(tmp_path / "short.distill")]) == 2
+    assert "holds 2.00 s of usable audio; training needs at least 5 s" in capsys.readouterr().err
+    write_demo_folder(tmp_path / "sounds", seed=2, seconds=6.0)
+    out = tmp_path / "kept.distill"
+    assert cli.main(["train", str(tmp_path / "sounds"), "-o", str(out), "--preset", "small", "--epochs", "1",
+                     "--prior-epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--keep-checkpoint"]) == 0
+    assert f"checkpoint kept: {tmp_path / 'kept.ckpt'}" in capsys.readouterr().out
+    assert read_checkpoint(tmp_path / "kept.ckpt").stage == "prior" and out.is_file()
 
 
 def test_cli_info_on_a_bad_file_is_one_line_and_exit_2(tmp_path, capsys):
