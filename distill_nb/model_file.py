@@ -262,6 +262,19 @@ def _check_finite(path: Path, tensors: dict[str, torch.Tensor]) -> None:
                                  f"generate (did its training diverge?)")
 
 
+def _check_format(path: Path, metadata: dict[str, str]) -> None:
+    if metadata.get("format") != FORMAT_NAME:
+        raise ModelFileError(f"{path}: not a distill_nb model file (unknown format {metadata.get('format')!r}, "
+                             f"expected {FORMAT_NAME!r})")
+    if metadata.get("format_version") == "1":
+        raise ModelFileError(f"{path}: a format 1 model (the 16x-downsampled VQ-VAE of distill_nb 0.1, which lost "
+                             f"pitch); this version reads format {FORMAT_VERSION!r}: retrain it with "
+                             f"`python -m distill_nb train`")
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise ModelFileError(f"{path}: unsupported format_version {metadata.get('format_version')!r}, "
+                             f"this version of distill_nb reads {FORMAT_VERSION!r}")
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedVQModel:
     """Read a model file written by ``save_model``; model and prior in eval mode on ``device``.
 
@@ -282,17 +295,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
     metadata, layout = read_safetensors_layout(path)
-    if metadata.get("format") != FORMAT_NAME:
-        raise ModelFileError(f"{path}: not a distill_nb model file (unknown format {metadata.get('format')!r}, "
-                             f"expected {FORMAT_NAME!r})")
-    if metadata.get("format_version") == "1":
-        raise ModelFileError(f"{path}: a format 1 model (the 16x-downsampled VQ-VAE of distill_nb 0.1, which lost "
-                             f"pitch); this version reads format {FORMAT_VERSION!r}: retrain it with "
-                             f"`python -m distill_nb train`")
-    if metadata.get("format_version") != FORMAT_VERSION:
-        raise ModelFileError(f"{path}: unsupported format_version {metadata.get('format_version')!r}, "
-                             f"this version of distill_nb reads {FORMAT_VERSION!r}")
-
+    _check_format(path, metadata)
     spectrogram_config = _parse_config(path, metadata, "spectrogram_config", SpectrogramConfig)
     vqvae_config = _parse_config(path, metadata, "vqvae_config", VQVAEConfig)
     prior_config = (_parse_config(path, metadata, "prior_config", PriorConfig)
