@@ -4,7 +4,8 @@ A :class:`Corpus` holds mono float32 audio at the model sample rate, already spl
 validation audio (training plays it as a stream of files in random orders, see ``stages.py``), and
 hands out a deterministic tiling into 1 s chunks for measurements.
 
-Files that cannot be used never stop a run: they are listed in ``Corpus.skipped`` with the reason.
+Files that cannot be used never stop a run: they are listed in ``Corpus.skipped`` with the reason. Files used
+with a remark (truncated, or scaled down from beyond full scale) are listed in ``Corpus.notes``.
 
 Validation split (deterministic from ``seed``):
 
@@ -18,18 +19,20 @@ Validation split (deterministic from ``seed``):
 from __future__ import annotations
 
 import pathlib
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from distill_nb.audio import AudioFileError, load_audio, save_audio
+from distill_nb.audio import (MAX_SAMPLE_RATE, MAX_SECONDS, MIN_SAMPLE_RATE, AudioFileError, TruncatedAudioWarning,
+                              load_audio, save_audio)
 from distill_nb.checks import check_int, check_positive, check_real
 from distill_nb.progress import Progress
 from distill_nb.spectrogram import CHUNK_SECONDS
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".aiff", ".aif", ".mp3")
 SILENCE_PEAK = 1e-4  # -80 dBFS: below this a file holds nothing worth learning from
 DEMO_PHRASE_SECONDS = 4.0
 DEMO_PEAK = 10 ** (-3 / 20)  # -3 dBFS
@@ -44,12 +47,21 @@ class SkippedFile:
 
 
 @dataclass
+class FileNote:
+    """A file used with a remark (truncated, scaled down, ...). ``path`` is relative to the corpus folder."""
+
+    path: str
+    note: str
+
+
+@dataclass
 class Corpus:
     """Mono training audio at ``sample_rate``, split into training and validation.
 
     ``train_audio[i]`` comes from ``train_files[i]`` (float32, shape (n,), in [-1, 1]); the same holds
     for validation. With ``split_mode == "time"`` a file appears in both lists: its start trains and its
-    last ``val_fraction`` validates.
+    last ``val_fraction`` validates. ``skipped`` lists the files left out and ``notes`` remarks on files used
+    (truncated, scaled down), both with paths relative to the corpus folder.
     """
 
     sample_rate: int
@@ -61,6 +73,7 @@ class Corpus:
     source: str = ""
     split_mode: str = "files"
     ignored_files: int = 0  # files without an audio extension, left out silently
+    notes: list[FileNote] = field(default_factory=list)
 
     @property
     def chunk_samples(self) -> int:
@@ -97,7 +110,7 @@ class Corpus:
         return torch.from_numpy(np.stack(pieces))
 
     def report(self) -> str:
-        """A readable summary: sizes, the split, and every skipped file with its reason."""
+        """A readable summary: sizes, the split, every skipped file with its reason and every note on a file."""
         lines = [
             f"Corpus {self.source or '(in memory)'}: {len(set(self.train_files) | set(self.val_files))} "
             f"files, {_format_seconds(self.total_seconds)} at {self.sample_rate} Hz",
@@ -111,6 +124,9 @@ class Corpus:
         if self.skipped:
             lines.append(f"  skipped {len(self.skipped)} file{'s' if len(self.skipped) != 1 else ''}:")
             lines.extend(f"    {item.path}: {item.reason}" for item in self.skipped)
+        if self.notes:
+            lines.append(f"  notes on {len(self.notes)} file{'s' if len(self.notes) != 1 else ''} used:")
+            lines.extend(f"    {item.path}: {item.note}" for item in self.notes)
         if self.ignored_files:
             lines.append(f"  ignored {self.ignored_files} file(s) without an audio extension "
                          f"({', '.join(AUDIO_EXTENSIONS)})")
@@ -131,18 +147,27 @@ def build_corpus(
     val_fraction: float = 0.15,
     seed: int = 0,
     progress: Progress | None = None,
+    max_seconds: float = MAX_SECONDS,
 ) -> Corpus:
     """Load every audio file under ``folder`` (recursively, sorted) into a :class:`Corpus`.
 
     Files with an audio extension (see ``AUDIO_EXTENSIONS``) are loaded mono and resampled to
-    ``sample_rate``; those that cannot be read, are empty or are silent (peak below ``SILENCE_PEAK``)
-    are listed in ``Corpus.skipped``. Other files are ignored (counted in ``Corpus.ignored_files``), and
-    so are hidden files and folders (names starting with "."), such as macOS "._name.wav" forks.
+    ``sample_rate`` (see ``load_audio``; files longer than ``max_seconds`` are refused). No file stops the
+    folder: those that cannot be read (for any reason, running out of memory included), are empty or are
+    silent (peak below ``SILENCE_PEAK``) are listed in ``Corpus.skipped``. Truncated files are used as far as
+    they go, and files peaking above full scale are scaled to peak 1.0; both are listed in ``Corpus.notes``.
+    Other files are ignored (counted in ``Corpus.ignored_files``), and so are hidden files and folders (names
+    starting with "."), such as macOS "._name.wav" forks.
 
-    Raises FileNotFoundError when the folder does not exist, ValueError when it holds no usable audio.
+    Raises:
+        FileNotFoundError: the folder does not exist.
+        ValueError: the folder holds no usable audio, or an argument is out of range (the message names it).
+        TypeError: an argument has the wrong type.
     """
-    sample_rate = check_int("sample_rate", sample_rate, 1)
+    sample_rate = check_int("sample_rate", sample_rate, MIN_SAMPLE_RATE, MAX_SAMPLE_RATE)
     val_fraction = check_real("val_fraction", val_fraction, "in (0, 0.5]", lambda v: 0 < v <= 0.5)
+    seed = check_int("seed", seed, 0)
+    max_seconds = check_positive("max_seconds", max_seconds)
     root = pathlib.Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"corpus folder {str(root)!r} does not exist or is not a folder")
@@ -154,21 +179,25 @@ def build_corpus(
     names: list[str] = []
     audios: list[np.ndarray] = []
     skipped: list[SkippedFile] = []
+    notes: list[FileNote] = []
     for i, path in enumerate(audio_paths):
         name = path.relative_to(root).as_posix()
         if progress is not None:
             progress(i / max(len(audio_paths), 1), f"loading {name}")
-        audio, reason = _load_usable(path, sample_rate)
+        audio, remark = _load_usable(path, sample_rate, max_seconds)
         if audio is None:
-            skipped.append(SkippedFile(name, reason))
+            skipped.append(SkippedFile(name, remark))
         else:
             names.append(name)
             audios.append(audio)
+            if remark:
+                notes.append(FileNote(name, remark))
 
     if not audios:
         raise ValueError(_no_audio_message(root, skipped, ignored))
     corpus = _split_corpus(names, audios, sample_rate, val_fraction, seed)
     corpus.skipped = skipped
+    corpus.notes = notes
     corpus.source = str(root)
     corpus.ignored_files = ignored
     if progress is not None:
@@ -203,25 +232,34 @@ def write_demo_folder(
 # --- loading and splitting -------------------------------------------------------------------------
 
 
-def _load_usable(path: pathlib.Path, sample_rate: int) -> tuple[np.ndarray | None, str]:
-    """Load one file -> (audio, "") or (None, why it cannot be used)."""
+def _load_usable(path: pathlib.Path, sample_rate: int, max_seconds: float) -> tuple[np.ndarray | None, str]:
+    """Load one file -> (audio, a note or "") or (None, why it cannot be used); never raises an Exception."""
     try:
-        audio = load_audio(path, sample_rate=sample_rate)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            audio = load_audio(path, sample_rate=sample_rate, max_seconds=max_seconds)
     except AudioFileError as error:
         # The report names the file already: keep the cause, without the full path.
         cause = str(error).removeprefix(f"cannot read audio file '{path}': ").replace(str(path), path.name)
         return None, f"could not be read: {cause}"
-    except (OSError, RuntimeError, ValueError) as error:  # a decoder error that escaped load_audio
-        return None, f"could not be read: {type(error).__name__}: {error}"
+    except Exception as error:  # MemoryError or a decoder error: one file must never stop the folder
+        return None, f"could not be read: {type(error).__name__}{f': {error}' if str(error) else ''}"
+    notes = []
+    for warning in caught:
+        if isinstance(warning.message, TruncatedAudioWarning):
+            notes.append(f"truncated: {warning.message.detail}; used what it holds")
+        else:  # not ours to swallow
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     if len(audio) == 0:
         return None, "empty (no samples)"
-    if not np.all(np.isfinite(audio)):
-        return None, "holds NaN or infinite samples"
-    peak = float(np.max(np.abs(audio)))
+    peak = max(float(audio.max()), -float(audio.min()))  # load_audio's samples are finite; no copy of the file
     if peak < SILENCE_PEAK:
         level = "-inf" if peak == 0 else f"{20 * np.log10(peak):.0f}"
         return None, f"silent (peak {level} dBFS, below {20 * np.log10(SILENCE_PEAK):.0f} dBFS)"
-    return audio.astype(np.float32, copy=False), ""
+    if peak > 1.0:
+        audio /= np.float32(peak)  # a division keeps every sample within [-1, 1]; a product might not
+        notes.append(f"peak {peak:.3g} ({20 * np.log10(peak):+.1f} dBFS) above full scale: scaled to peak 1.0")
+    return audio.astype(np.float32, copy=False), "; ".join(notes)
 
 
 def _split_corpus(

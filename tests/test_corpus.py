@@ -7,7 +7,8 @@ import pytest
 import soundfile
 import torch
 
-from distill_nb.corpus import (DEMO_PEAK, Corpus, build_corpus, demo_corpus, write_demo_folder)
+from distill_nb import corpus as corpus_module
+from distill_nb.corpus import DEMO_PEAK, Corpus, build_corpus, demo_corpus, write_demo_folder
 
 RATE = 16000  # a small model rate keeps the tests fast; chunks are then 16000 samples
 
@@ -166,3 +167,68 @@ def test_written_demo_folder_loads_back_with_progress(tmp_path):
     fractions = [f for f, _ in calls]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and 0.0 <= fractions[0]
     assert all(isinstance(m, str) and m for _, m in calls)
+
+
+def test_seed_sample_rate_and_max_seconds_are_validated(tmp_path):
+    _write_good(tmp_path, ["a.wav"])
+    with pytest.raises(ValueError, match="seed must be an int >= 0, got -1"):
+        build_corpus(tmp_path, sample_rate=RATE, seed=-1)
+    with pytest.raises(TypeError, match="seed"):
+        build_corpus(tmp_path, sample_rate=RATE, seed=1.5)
+    with pytest.raises(ValueError, match="sample_rate"):
+        build_corpus(tmp_path, sample_rate=10**9)
+    with pytest.raises(ValueError, match="max_seconds"):
+        build_corpus(tmp_path, sample_rate=RATE, max_seconds=0)
+
+
+def test_no_failure_of_one_file_stops_the_folder(tmp_path, monkeypatch):
+    _write_good(tmp_path, ["a.wav", "b.wav", "c.wav"])
+    real = corpus_module.load_audio
+
+    def out_of_memory_on_b(path, **kwargs):
+        if path.name == "b.wav":
+            raise MemoryError
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(corpus_module, "load_audio", out_of_memory_on_b)
+    corpus = build_corpus(tmp_path, sample_rate=RATE)
+    assert sorted(set(corpus.train_files + corpus.val_files)) == ["a.wav", "c.wav"]
+    assert [(item.path, item.reason) for item in corpus.skipped] == [("b.wav", "could not be read: MemoryError")]
+
+
+def test_loud_and_truncated_files_are_used_and_noted(tmp_path):
+    loud = _tone(1.0, RATE)
+    loud[100] = 1e30  # a float WAV far beyond full scale: JSON cannot even write its statistics
+    soundfile.write(tmp_path / "loud.wav", loud, RATE, subtype="FLOAT")
+    soundfile.write(tmp_path / "whole.wav", _tone(2.0, RATE), RATE, subtype="PCM_16")
+    (tmp_path / "cut.wav").write_bytes((tmp_path / "whole.wav").read_bytes()[:44 + 2 * RATE // 2])
+    corpus = build_corpus(tmp_path, sample_rate=RATE, max_seconds=10)
+    assert corpus.skipped == [] and corpus.split_mode == "files"
+    audio = dict(zip(corpus.train_files + corpus.val_files, corpus.train_audio + corpus.val_audio))
+    assert np.abs(audio["loud.wav"]).max() == 1.0 and audio["loud.wav"][100] == 1.0
+    assert len(audio["cut.wav"]) == RATE // 2
+    notes = {note.path: note.note for note in corpus.notes}
+    assert notes == {
+        "cut.wav": "truncated: it holds 0.5 s of the 2.0 s its header claims (25%); used what it holds",
+        "loud.wav": "peak 1e+30 (+600.0 dBFS) above full scale: scaled to peak 1.0",
+    }
+    report = corpus.report()
+    assert "notes on 2 files used:" in report
+    assert all(f"{name}: {note}" in report for name, note in notes.items())
+
+
+def test_files_longer_than_the_limit_are_skipped_with_the_limit(tmp_path):
+    _write_good(tmp_path, ["short.wav"], seconds=1.0)
+    _write_good(tmp_path, ["long.wav"], seconds=3.0)
+    corpus = build_corpus(tmp_path, sample_rate=RATE, max_seconds=2.0)
+    assert corpus.train_files == ["short.wav"]
+    assert corpus.skipped[0].path == "long.wav" and "above the limit" in corpus.skipped[0].reason
+
+
+@pytest.mark.parametrize(("name", "subtype"), [("a.oga", "VORBIS"), ("a.opus", "OPUS")])
+def test_ogg_vorbis_and_opus_files_are_loaded(tmp_path, name, subtype):
+    assert subtype in soundfile.available_subtypes("OGG")
+    soundfile.write(tmp_path / name, _tone(1.0, 48000), 48000, format="OGG", subtype=subtype)
+    corpus = build_corpus(tmp_path, sample_rate=RATE)
+    assert corpus.train_files == [name] and corpus.ignored_files == 0
+    assert corpus.total_seconds == pytest.approx(1.0)
