@@ -9,8 +9,8 @@ from importlib.metadata import PackageNotFoundError, version
 from distill_nb.analysis import (SILENT_DB, AudioFeatures, LevelStats, SeamReport, audio_features, code_histograms,
                                  compare_to_training, feature_distance, js_divergence, level_statistics,
                                  seam_discontinuity, spectral_convergence)
-from distill_nb.audio import AudioFileError, load_audio, save_audio
-from distill_nb.corpus import Corpus, SkippedFile, build_corpus, demo_corpus, write_demo_folder
+from distill_nb.audio import AudioFileError, TruncatedAudioWarning, load_audio, read_sidecar, save_audio
+from distill_nb.corpus import Corpus, FileNote, SkippedFile, build_corpus, demo_corpus, write_demo_folder
 from distill_nb.generation import (MAX_DURATION_S, GenerationResult, GenerationSettings, encode_audio, generate,
                                    generate_audio_from_prior, generate_takes)
 from distill_nb.geometry import ChunkGeometry
@@ -51,14 +51,14 @@ def __getattr__(name: str):
 
 __all__ = [
     "AudioFeatures", "AudioFileError", "CHUNK_SECONDS", "ChunkGeometry", "CodePrior", "CodebookHealth", "CompareGrid",
-    "ConvVQVAE", "Corpus", "DEFAULT_MODEL_PATH", "GenerationResult", "GenerationSettings", "GeneratorPanel",
+    "ConvVQVAE", "Corpus", "DEFAULT_MODEL_PATH", "FileNote", "GenerationResult", "GenerationSettings", "GeneratorPanel",
     "InversionSettings", "LevelStats", "LoadedVQModel", "MAX_DURATION_S", "ModelFileError", "PRESETS", "PriorConfig",
     "QualityReport", "SILENT_DB", "SeamReport", "SkippedFile", "Spectrogram", "SpectrogramConfig", "StageOptions",
-    "TrainingHistory", "VQVAEConfig", "audio_features", "build_corpus", "code_histograms", "compare_to_training",
-    "crossfade_chunks", "demo_corpus", "encode_audio", "evaluate_model", "feature_distance", "filter_logits",
-    "flatten_codes", "generate", "generate_audio_from_prior", "generate_takes", "js_divergence", "level_statistics",
-    "load_audio", "load_default_model", "load_model", "normalise_level", "plot_code_histograms", "plot_filter_demo",
-    "plot_seam_zoom", "plot_spectrogram", "plot_training_curves", "sample_code_sequence", "sample_codes", "save_audio",
-    "save_model", "seam_discontinuity", "spectral_convergence", "train_default_model", "train_model", "train_prior",
-    "train_vqvae", "unflatten_codes", "write_demo_folder",
+    "TrainingHistory", "TruncatedAudioWarning", "VQVAEConfig", "audio_features", "build_corpus", "code_histograms",
+    "compare_to_training", "crossfade_chunks", "demo_corpus", "encode_audio", "evaluate_model", "feature_distance",
+    "filter_logits", "flatten_codes", "generate", "generate_audio_from_prior", "generate_takes", "js_divergence",
+    "level_statistics", "load_audio", "load_default_model", "load_model", "normalise_level", "plot_code_histograms",
+    "plot_filter_demo", "plot_seam_zoom", "plot_spectrogram", "plot_training_curves", "read_sidecar",
+    "sample_code_sequence", "sample_codes", "save_audio", "save_model", "seam_discontinuity", "spectral_convergence",
+    "train_default_model", "train_model", "train_prior", "train_vqvae", "unflatten_codes", "write_demo_folder",
 ]

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from distill_nb.audio import AudioFileError, load_audio, save_audio
+from distill_nb.audio import MAX_SECONDS, AudioFileError, load_audio, save_audio
 from distill_nb.checks import check_device
 from distill_nb.corpus import build_corpus
 from distill_nb.generation import MODES, STITCHES, GenerationSettings, generate_takes
@@ -68,7 +68,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _check_writable(output)
     check_device("--device", args.device)
     with _ProgressBar("corpus") as bar:
-        corpus = build_corpus(args.folder, seed=args.seed, progress=bar)
+        corpus = build_corpus(args.folder, seed=args.seed, progress=bar, max_seconds=args.max_file_seconds)
     _print(corpus.report())
     schedule = dict(vqvae_epochs=args.epochs, prior_epochs=args.prior_epochs, steps_per_epoch=args.steps_per_epoch,
                     batch_size=args.batch_size)
@@ -246,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=_positive_int,
                        help="windows per step of both stages (default: the preset's)")
     train.add_argument("--seed", type=int, default=0, help="seed of the split and of training (default 0)")
+    train.add_argument("--max-file-seconds", type=float, default=MAX_SECONDS, metavar="SECONDS",
+                       help=f"longer files are skipped and reported (default {MAX_SECONDS:g}: it bounds the memory "
+                            f"one file takes)")
     train.add_argument("--checkpoint", help="checkpoint file (default: OUTPUT with the suffix .ckpt)")
     train.add_argument("--resume", metavar="CKPT", help="continue the run saved in this checkpoint")
     train.add_argument("--keep-checkpoint", action="store_true",

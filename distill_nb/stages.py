@@ -608,4 +608,5 @@ def corpus_summary(corpus: Corpus) -> dict[str, Any]:
             "train_seconds": round(corpus.split_seconds("train"), 3),
             "val_seconds": round(corpus.split_seconds("val"), 3),
             "files": len(set(corpus.train_files) | set(corpus.val_files)), "skipped": len(corpus.skipped),
+            "noted": len(corpus.notes),
             "split": corpus.split_mode, "sample_rate": corpus.sample_rate}

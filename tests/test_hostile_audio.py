@@ -18,8 +18,11 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import tiny_model
 
+from distill_nb import cli
 from distill_nb.corpus import build_corpus
+from distill_nb.model_file import save_model
 
 MEMORY_BUDGET_MB = 500  # above the baseline child, for any one file
 RATE = 48000
@@ -239,3 +242,23 @@ def test_a_folder_of_good_and_hostile_files_keeps_the_good_and_reports_every_hos
     report = corpus.report()
     for name, reason in {**skipped, **notes}.items():
         assert f"{name}: {reason}" in report
+
+
+def test_every_cli_command_answers_a_hostile_audio_file_with_one_error_line(hostile, measured, tmp_path, capsys):
+    source, cases = hostile  # measured first, as above
+    refused = [name for name, (limit, expected, _) in cases.items() if expected == "AudioFileError" and limit is None]
+    model = save_model(tiny_model(), tmp_path / "tiny.distill")
+    for name in refused:
+        code = cli.main(["generate", "--model", str(model), "-o", str(tmp_path / "take.wav"), "--duration", "1",
+                         "--prompt", str(source / name)])
+        errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+        assert code == 2 and len(errors) == 1 and errors[0].startswith("error: ") and name in errors[0], errors
+        assert not (tmp_path / "take.wav").exists()
+    folder = tmp_path / "all_hostile"
+    folder.mkdir()
+    for name in refused:
+        shutil.copy(source / name, folder / name)
+    assert cli.main(["train", str(folder), "-o", str(tmp_path / "m.distill")]) == 2
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("error: no usable audio") and "Traceback" not in captured.err

@@ -375,7 +375,10 @@ def test_cli_train_keeps_the_checkpoint_when_asked_and_refuses_a_too_short_corpu
     write_demo_folder(tmp_path / "short", seed=2, seconds=2.0)
     assert cli.main(["train", str(tmp_path / "short"), "-o", str(tmp_path / "short.distill")]) == 2
     assert "holds 2.00 s of usable audio; training needs at least 5 s" in capsys.readouterr().err
-    write_demo_folder(tmp_path / "sounds", seed=2, seconds=6.0)
+    write_demo_folder(tmp_path / "sounds", seed=2, seconds=6.0)  # phrases of 4 s and 2 s
+    assert cli.main(["train", str(tmp_path / "sounds"), "-o", str(tmp_path / "x.distill"),
+                     "--max-file-seconds", "1"]) == 2
+    assert "lasts 4.0 s, above the limit of 1.0 s per file" in capsys.readouterr().err
     out = tmp_path / "kept.distill"
     assert cli.main(["train", str(tmp_path / "sounds"), "-o", str(out), "--preset", "small", "--epochs", "1",
                      "--prior-epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--keep-checkpoint"]) == 0
