@@ -1,4 +1,4 @@
-"""Notebook panels over the generation API: GeneratorPanel (make, hear, inspect and save one take)
+"""Notebook panels over the generation API: GeneratorPanel (make, hear, inspect, compare and save takes)
 and CompareGrid (one seed under several settings, side by side).
 
 The only module that imports ipywidgets; it works with ipywidgets 7.7 (what Colab ships) and 8.x.
@@ -6,14 +6,18 @@ The only module that imports ipywidgets; it works with ipywidgets 7.7 (what Cola
 Results are rendered into widgets themselves -- the player is an HTML widget holding an <audio>
 element with a WAV data URI, the figures are PNG Image widgets -- rather than displayed into an
 Output widget. What a panel shows then lives in widget state: the same in a live kernel, under
-nbval and in pytest, and a new take replaces the previous one instead of piling up below it.
+nbval and in pytest; the latest take's full view replaces the previous one, and the history below it
+keeps a bounded number of rows.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import html
 import io
+import json
 import os
 import secrets
 import threading
@@ -22,6 +26,7 @@ from pathlib import Path
 
 import ipywidgets as widgets
 import numpy as np
+import soundfile as sf
 import torch
 from IPython.display import Audio, display
 from matplotlib import pyplot as plt
@@ -29,75 +34,138 @@ from matplotlib.figure import Figure
 
 from .analysis import code_histograms, js_divergence, level_statistics
 from .audio import save_audio
-from .generation import MODES, GenerationResult, GenerationSettings, generate
+from .checks import check_int
+from .generation import MODES, STITCHES, GenerationResult, GenerationSettings, generate
 from .loudness import NORMALISATIONS
 from .model_file import LoadedVQModel, load_default_model
 from .plots import plot_code_histograms, plot_spectrogram
 from .progress import Progress
+from .stitching import CURVES
 
 # The seed box's range: generation accepts seeds up to 2**63, but a widget's number crosses
 # JavaScript, whose integers are exact only up to 2**53; 2**31 seeds are plenty to explore.
 MAX_SEED = 2**31 - 1
+# Each history row holds its take and two WAV data URIs, in the kernel and in the browser: keep the recent ones.
+HISTORY_LENGTH = 20
 
 _WIDE_LABEL = {"description_width": "initial"}  # show whole descriptions instead of truncating them
+_TOGGLE_STYLE = {**_WIDE_LABEL, "button_width": "auto"}  # and buttons as wide as their labels
+_SLIDER_WIDTH = "420px"  # a whole label takes its room from the track: leave the track a usable length
+_INDEPENDENT_ONLY = ("stitch", "overlap_samples", "crossfade_curve")  # unused in continuation mode
+_HISTORY_ROW_CLASS = "distill-nb-history-row"  # lets the browser test (and user CSS) find the rows
 _ERROR_COLOR = "#c62828"
 _PNG_DPI = 100
 
 
+class TakeStopped(Exception):
+    """Raised from the panel's progress callback after Stop: it ends the take between windows or chunks."""
+
+
+@dataclasses.dataclass
+class HistoryRow:
+    """One take in GeneratorPanel.history: the take, its number in the session and its row's widgets."""
+
+    take: GenerationResult
+    number: int
+    widget: widgets.HBox
+    save_button: widgets.Button
+    download: widgets.HTML
+    saved: widgets.HTML
+    filename: str  # what Save and Download call the file: the filename box's stem, the seed, a settings digest
+
+
 class GeneratorPanel:
-    """Generate takes from a model with sliders, listen to them, look at them and save them.
+    """Generate takes from a model with sliders, listen to them, look at them, compare and save them.
 
     Display it as a cell's value (or ``display(panel)``); ``panel.widget`` is its root VBox.
 
-    Controls: temperature (0.1-2.0), top-k (0-512, 0 = off), top-p (0-1, 1 = off), min-p (0-1,
-    0 = off), duration (1-30 s), crossfade (0-200 ms, "independent" mode only), mode, level normalisation
-    (peak by default), seed (with a button that draws a fresh one from the OS). Their ranges make an invalid
-    call impossible.
+    Controls: temperature (0.1-2.0; or one per level, with "Temperature per level"), top-k (0-512,
+    0 = off), top-p (0-1, 1 = off), min-p (0-1, 0 = off), duration (1-30 s), mode; in "independent" mode
+    only: crossfade (0-200 ms), stitching and crossfade curve; level normalisation (peak by default),
+    Griffin-Lim iterations (1-512), seed (with a button that draws a fresh one from the OS). Their ranges
+    make an invalid call impossible.
 
-    Generate shows the take's player, its spectrogram (seams dashed), its code histogram per level
-    (against the training codes when the model carries them) and per-level statistics; the take is
-    kept in ``panel.last_result``. Save writes it as WAV plus a JSON sidecar. Errors are shown in
-    the panel in red, never raised from a button.
+    Generate runs the take in a worker thread, so that Stop (which ends it at the next window or chunk)
+    can be clicked meanwhile; one take runs at a time. It shows the take's player, its spectrogram
+    (seams dashed), its code histogram per level (against the training codes when the model carries
+    them) and per-level statistics; the take is kept in ``panel.last_result``. Save writes it as WAV
+    plus a JSON sidecar. Each take also gets a row in the history (``panel.history``, newest first, the
+    last HISTORY_LENGTH takes): seed, the settings that differ from the panel's initial ones, player,
+    spectrogram thumbnail, Save (into the filename box's folder) and Download (a link holding the WAV).
+    Errors are shown in the panel in red, never raised from a button.
 
     Args:
         loaded: the model; None loads the bundled default model.
         seed: the initial value of the seed box, in [0, MAX_SEED].
-        griffin_lim_iters: Griffin-Lim iterations per take (fewer is faster and rougher).
+        griffin_lim_iters: the initial Griffin-Lim iterations per take, in [1, 512] (fewer is faster and
+            rougher).
     """
 
     def __init__(self, loaded: LoadedVQModel | None = None, *, seed: int = 0,
                  griffin_lim_iters: int = GenerationSettings.griffin_lim_iters) -> None:
-        # Long: every control and output declared here, in the order the panel shows them.
         self.loaded = load_default_model() if loaded is None else loaded
-        self.griffin_lim_iters = griffin_lim_iters
         self.last_result: GenerationResult | None = None
+        self.history: list[HistoryRow] = []
         self._generating = threading.Lock()
+        self._stop = threading.Event()
+        self._history_lock = threading.Lock()  # the worker adds rows while Clear may run on the main thread
+        self._takes_made = 0
+        self._worker: threading.Thread | None = None
 
-        self.temperature = widgets.FloatSlider(value=1.0, min=0.1, max=2.0, step=0.05,
-                                               description="Temperature", style=_WIDE_LABEL)
-        self.top_k = widgets.IntSlider(value=0, min=0, max=512, description="Top-k (0 = off)", style=_WIDE_LABEL)
-        self.top_p = widgets.FloatSlider(value=1.0, min=0.0, max=1.0, step=0.01,
-                                         description="Top-p (1 = off)", style=_WIDE_LABEL)
-        self.min_p = widgets.FloatSlider(value=0.0, min=0.0, max=1.0, step=0.01,
-                                         description="Min-p (0 = off)", style=_WIDE_LABEL)
-        self.duration = widgets.FloatSlider(value=10.0, min=1.0, max=30.0, step=0.5,
-                                            description="Duration (s)", style=_WIDE_LABEL)
-        self.crossfade = widgets.IntSlider(value=50, min=0, max=200, step=5,
-                                           description="Crossfade (ms)", style=_WIDE_LABEL)
+        self._build_controls(seed, check_int("griffin_lim_iters", griffin_lim_iters, 1, 512))
+        self._build_outputs()
+        self.generate_button.on_click(self._on_generate_click)
+        self.stop_button.on_click(lambda _button: self.stop())
+        self.randomize_button.on_click(lambda _button: self.randomize_seed())
+        self.save_button.on_click(lambda _button: self.save())
+        self.clear_history_button.on_click(lambda _button: self.clear_history())
+        self.mode.observe(lambda _change: self._update_enabled(), names="value")
+        self.temperature_per_level.observe(self._on_per_level_change, names="value")
+        self._update_enabled()
+        self._initial_settings = self.settings()
+        self.widget = self._layout()
+
+    def _build_controls(self, seed: int, griffin_lim_iters: int) -> None:
+        """The controls, in the order the panel shows them."""
+        def slider(kind: type, value: float, low: float, high: float, step: float, description: str) -> widgets.Widget:
+            return kind(value=value, min=low, max=high, step=step, description=description, style=_WIDE_LABEL,
+                        layout=widgets.Layout(width=_SLIDER_WIDTH))
+
+        self.temperature = slider(widgets.FloatSlider, 1.0, 0.1, 2.0, 0.05, "Temperature")
+        self.temperature_per_level = widgets.Checkbox(value=False, description="Temperature per level",
+                                                      indent=False, style=_WIDE_LABEL)
+        self.level_temperatures = [
+            slider(widgets.FloatSlider, 1.0, 0.1, 2.0, 0.05, f"Level {q}{' (coarsest)' if q == 0 else ''} temperature")
+            for q in range(self.loaded.vqvae_config.levels)]
+        self.top_k = slider(widgets.IntSlider, 0, 0, 512, 1, "Top-k (0 = off)")
+        self.top_p = slider(widgets.FloatSlider, 1.0, 0.0, 1.0, 0.01, "Top-p (1 = off)")
+        self.min_p = slider(widgets.FloatSlider, 0.0, 0.0, 1.0, 0.01, "Min-p (0 = off)")
+        self.duration = slider(widgets.FloatSlider, 10.0, 1.0, 30.0, 0.5, "Duration (s)")
         self.mode = widgets.ToggleButtons(options=list(MODES), value=GenerationSettings.mode, description="Mode",
-                                          style=_WIDE_LABEL)
+                                          style=_TOGGLE_STYLE)
+        self.crossfade = slider(widgets.IntSlider, 50, 0, 200, 5, "Crossfade (ms)")
+        self.stitch = widgets.ToggleButtons(options=list(STITCHES), value=GenerationSettings.stitch,
+                                            description="Stitching", style=_TOGGLE_STYLE,
+                                            tooltips=["Griffin-Lim per chunk, then a waveform crossfade",
+                                                      "chunk mels overlap-added, then one Griffin-Lim pass"])
+        self.crossfade_curve = widgets.Dropdown(options=list(CURVES), value=GenerationSettings.crossfade_curve,
+                                                description="Crossfade curve", style=_WIDE_LABEL)
         self.normalise = widgets.ToggleButtons(options=list(NORMALISATIONS), value=GenerationSettings.normalise,
-                                               description="Level", style=_WIDE_LABEL,
+                                               description="Level", style=_TOGGLE_STYLE,
                                                tooltips=["loudest sample at -1 dBFS", "RMS at -20 dBFS", "as made"])
-        self.seed = widgets.BoundedIntText(value=seed, min=0, max=MAX_SEED, description="Seed",
-                                           style=_WIDE_LABEL)
+        self.griffin_lim = slider(widgets.IntSlider, griffin_lim_iters, 1, 512, 1, "Griffin-Lim iterations")
+        self.seed = widgets.BoundedIntText(value=seed, min=0, max=MAX_SEED, description="Seed", style=_WIDE_LABEL)
         self.randomize_button = widgets.Button(description="Random seed", icon="random",
                                                tooltip="Draw a fresh seed from the operating system")
         self.generate_button = widgets.Button(description="Generate", button_style="primary", icon="play")
+        self.stop_button = widgets.Button(description="Stop", icon="stop", disabled=True,
+                                          tooltip="End the take at its next window or chunk")
+
+    def _build_outputs(self) -> None:
+        """Progress, the latest take's full view and the history."""
         self.progress = widgets.FloatProgress(value=0.0, min=0.0, max=1.0)
         self.status = widgets.Label("")
         self.error = widgets.HTML("")
-
         self.summary = widgets.HTML("")
         self.audio_html = widgets.HTML("")
         self.spectrogram_image = widgets.Image(format="png", layout=_image_layout())
@@ -106,81 +174,124 @@ class GeneratorPanel:
         self.filename = widgets.Text(value="take.wav", description="File", style=_WIDE_LABEL)
         self.save_button = widgets.Button(description="Save", icon="save", disabled=True,
                                           tooltip="Write the take as WAV with a JSON sidecar")
-        self.saved = widgets.Label("")
+        self.saved = widgets.HTML("")  # HTML, not Label: a Label cuts a long path short instead of wrapping
+        self.history_box = widgets.VBox([])
+        self.clear_history_button = widgets.Button(description="Clear history", icon="trash",
+                                                   tooltip="Remove every row below (the files saved stay)")
 
-        self.generate_button.on_click(lambda _button: self.generate())
-        self.randomize_button.on_click(lambda _button: self.randomize_seed())
-        self.save_button.on_click(lambda _button: self.save())
-        self.mode.observe(self._on_mode_change, names="value")
-        self.crossfade.disabled = self.mode.value == "continuation"
-
+    def _layout(self) -> widgets.VBox:
         # Hidden until the first take, so an empty player and empty images never show.
         self.take_box = widgets.VBox(
             [self.summary, self.audio_html, self.spectrogram_image, self.histogram_image, self.stats_html,
              widgets.HBox([self.filename, self.save_button, self.saved])],
             layout=widgets.Layout(display="none"),
         )
+        self.history_section = widgets.VBox([
+            widgets.HBox([widgets.HTML(f"<b>History</b> (newest first, the last {HISTORY_LENGTH} takes)"),
+                          self.clear_history_button]),
+            self.history_box,
+        ], layout=widgets.Layout(display="none"))
+        self.level_box = widgets.VBox(self.level_temperatures, layout=widgets.Layout(display="none"))
         controls = widgets.HBox([
-            widgets.VBox([self.temperature, self.top_k, self.top_p, self.min_p]),
-            widgets.VBox([self.duration, self.crossfade, self.mode, self.normalise,
-                          widgets.HBox([self.seed, self.randomize_button])]),
+            widgets.VBox([self.temperature, self.temperature_per_level, self.level_box, self.top_k, self.top_p,
+                          self.min_p, self.griffin_lim]),
+            widgets.VBox([self.duration, self.mode, self.crossfade, self.stitch, self.crossfade_curve,
+                          self.normalise, widgets.HBox([self.seed, self.randomize_button])]),
         ])
-        self.widget = widgets.VBox([
+        return widgets.VBox([
             widgets.HTML(f"<b>distill_nb generator</b> &middot; {html.escape(_model_description(self.loaded))}"),
             controls,
-            widgets.HBox([self.generate_button, self.progress, self.status]),
+            widgets.HBox([self.generate_button, self.stop_button, self.progress, self.status]),
             self.error,
             self.take_box,
+            self.history_section,
         ])
 
     def _ipython_display_(self) -> None:
         display(self.widget)
 
+    @property
+    def griffin_lim_iters(self) -> int:
+        """Griffin-Lim iterations per take: the Griffin-Lim slider's value."""
+        return self.griffin_lim.value
+
+    @griffin_lim_iters.setter
+    def griffin_lim_iters(self, value: int) -> None:
+        self.griffin_lim.value = check_int("griffin_lim_iters", value, 1, 512)
+
     def settings(self) -> GenerationSettings:
         """The GenerationSettings the controls describe."""
+        per_level = self.temperature_per_level.value
         return GenerationSettings(
-            temperature=self.temperature.value,
+            temperature=tuple(s.value for s in self.level_temperatures) if per_level else self.temperature.value,
             top_k=self.top_k.value,
             top_p=self.top_p.value,
             min_p=self.min_p.value,
             duration_s=self.duration.value,
             overlap_samples=round(self.crossfade.value * self.loaded.sample_rate / 1000),
             mode=self.mode.value,
-            griffin_lim_iters=self.griffin_lim_iters,
+            stitch=self.stitch.value,
+            crossfade_curve=self.crossfade_curve.value,
+            griffin_lim_iters=self.griffin_lim.value,
             normalise=self.normalise.value,
         )
 
     def generate(self) -> GenerationResult | None:
-        """Generate one take with the current controls and seed (what the Generate button does).
+        """Generate one take with the current controls and seed, in the calling thread.
 
-        Errors are shown in the panel, not raised. Returns the take (also kept in ``last_result``),
-        or None when generating failed.
+        The Generate button runs this in a worker thread (see ``wait``). Errors are shown in the panel,
+        not raised; a take ended by Stop shows "Stopped". Returns the take (also kept in ``last_result``
+        and added to the history), or None when generating failed or was stopped.
         """
         # One take at a time: a second click (or thread) while one runs would re-enable the button early
         # and could show the older take last.
         if not self._generating.acquire(blocking=False):
             self.status.value = "A take is already being generated"
             return None
-        self.generate_button.disabled = True
-        self.save_button.disabled = True
+        self._stop.clear()
+        self._set_running(True)
         self._show_error(None)
         self.progress.bar_style = ""
         self._report(0.0, "Starting...")
         try:
             result = generate(self.loaded, self.settings(), seed=self.seed.value, progress=self._report)
-            self._show_take(result)
+            spectrogram_png = self._show_take(result)
+            self._add_to_history(result, spectrogram_png)
             self.last_result = result
             self.progress.bar_style = "success"
+            if self._stop.is_set():  # Stop came after the last window: the take was complete anyway
+                self.status.value = "Done: the take was finished before Stop"
+        except TakeStopped:
+            self.progress.bar_style = "warning"
+            self.status.value = "Stopped"
+            return None
         except Exception as exc:  # a button callback has nowhere but the panel to report to
             self.progress.bar_style = "danger"
             self.status.value = "Failed"
             self._show_error(exc)
             return None
         finally:
-            self.generate_button.disabled = False
-            self.save_button.disabled = self.last_result is None
+            self._set_running(False)
             self._generating.release()
         return result
+
+    def stop(self) -> bool:
+        """Ask the running take to end at its next window or chunk (what the Stop button does).
+
+        Returns False when no take is running.
+        """
+        if not self._generating.locked():
+            return False
+        self._stop.set()
+        self.status.value = "Stopping..."
+        return True
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the take the Generate button started; True once none runs (False after ``timeout`` s)."""
+        worker = self._worker
+        if worker is not None:
+            worker.join(timeout)
+        return worker is None or not worker.is_alive()
 
     def randomize_seed(self) -> int:
         """Put a new seed, drawn from the OS (no global RNG), into the seed box and return it."""
@@ -204,44 +315,131 @@ class GeneratorPanel:
         try:
             if self.last_result is None:
                 raise ValueError("there is no take to save yet: click Generate first")
-            take = self.last_result
-            written = save_audio(Path(self.filename.value).expanduser(), take.audio, take.sample_rate,
-                                 metadata=take.to_metadata())
+            written = _save_take(self.last_result, Path(self.filename.value).expanduser())
         except Exception as exc:  # as in generate: shown in the panel
             self.saved.value = ""
             self._show_error(exc)
             return None
         self._show_error(None)
-        self.saved.value = f"Saved {written} and {written.with_suffix('.json').name}"
+        self.saved.value = html.escape(f"Saved {written} and {written.with_suffix('.json').name}")
         return written
 
+    def save_history_row(self, row: HistoryRow) -> Path | None:
+        """Save a history row's take with its sidecar into the filename box's folder (what the row's Save
+        button does), as ``row.filename`` (named after the box's stem when the take was made, like the
+        row's Download) with the box's extension.
+
+        Errors are shown in the panel, not raised. Returns the path written, or None on failure.
+        """
+        template = Path(self.filename.value).expanduser()
+        try:
+            name = Path(row.filename).with_suffix(template.suffix or ".wav").name
+            written = _save_take(row.take, template.parent / name)
+        except Exception as exc:  # as in generate: shown in the panel
+            row.saved.value = ""
+            self._show_error(exc)
+            return None
+        self._show_error(None)
+        row.saved.value = f"<small>Saved {html.escape(written.name)}</small>"
+        return written
+
+    def clear_history(self) -> None:
+        """Remove every history row (the latest take's full view and ``last_result`` stay)."""
+        with self._history_lock:
+            rows, self.history = self.history, []
+            self.history_box.children = ()
+            self.history_section.layout.display = "none"
+        for row in rows:
+            _close_tree(row.widget)
+
+    def _on_generate_click(self, _button: widgets.Button) -> None:
+        # ipykernel handles comm messages, the Stop click among them, on its main thread: the take runs off it.
+        if self._worker is not None and self._worker.is_alive():
+            self.status.value = "A take is already being generated"
+            return
+        self._worker = threading.Thread(target=self.generate, name="distill_nb take", daemon=True)
+        self._worker.start()
+
+    def _set_running(self, running: bool) -> None:
+        self.generate_button.disabled = running
+        self.stop_button.disabled = not running
+        self.save_button.disabled = running or self.last_result is None
+
     def _report(self, fraction: float, message: str) -> None:
-        """generate()'s progress callback: fraction in [0, 1] and a message."""
+        """generate()'s progress callback: fraction in [0, 1] and a message; raises TakeStopped after Stop."""
+        # Generation calls back between windows and chunks: the places where a take can end cleanly.
+        if self._stop.is_set() and fraction < 1.0:
+            raise TakeStopped("the take was stopped")
         self.progress.value = fraction
         self.status.value = message
 
-    def _show_take(self, take: GenerationResult) -> None:
+    def _show_take(self, take: GenerationResult) -> bytes:
+        """Render the take's full view; returns its spectrogram PNG (the history's thumbnail)."""
         histograms = code_histograms(take.codes, self.loaded.vqvae_config.codebook_size)
         spectrogram = plot_spectrogram(take.audio, spectrogram=self.loaded.spectrogram,
                                        seam_samples=take.seam_samples,
                                        title="Spectrogram of the take (dashed lines: seams)")
         histogram = plot_code_histograms(histograms, reference=self.loaded.train_code_counts,
                                          title="Code usage per level")
+        spectrogram_png = figure_png(spectrogram)
         self.summary.value = (f"<b>Take</b>: seed {take.seed}, {take.duration_s:.2f} s, "
                               f"generated in {take.timings['total_s']:.1f} s")
         self.audio_html.value = audio_player_html(take.audio, take.sample_rate)
-        self.spectrogram_image.value = figure_png(spectrogram)
+        self.spectrogram_image.value = spectrogram_png
         self.histogram_image.value = figure_png(histogram)
         self.stats_html.value = code_stats_html(histograms, self.loaded.train_code_counts)
         self.saved.value = ""
         self.take_box.layout.display = None
+        return spectrogram_png
+
+    def _add_to_history(self, take: GenerationResult, spectrogram_png: bytes) -> None:
+        with self._history_lock:
+            self._takes_made += 1
+            row = self._history_row(take, self._takes_made, spectrogram_png)
+            self.history.insert(0, row)
+            dropped = self.history[HISTORY_LENGTH:]
+            del self.history[HISTORY_LENGTH:]
+            self.history_box.children = tuple(r.widget for r in self.history)
+            self.history_section.layout.display = None
+        for old in dropped:  # closed, so neither the kernel nor the browser keeps their widgets
+            _close_tree(old.widget)
+
+    def _history_row(self, take: GenerationResult, number: int, spectrogram_png: bytes) -> HistoryRow:
+        filename = take_filename(take, Path(self.filename.value).stem or "take")
+        changed = settings_summary(take.settings, self._initial_settings)
+        label = widgets.HTML(f"<b>#{number}</b> &middot; seed {take.seed} &middot; {take.duration_s:.2f} s"
+                             f"<br><small>{html.escape(changed)}</small>",
+                             layout=widgets.Layout(width="260px"))
+        player = widgets.HTML(audio_player_html(take.audio, take.sample_rate))
+        thumbnail = widgets.Image(value=spectrogram_png, format="png",
+                                  layout=widgets.Layout(width="240px", height="auto"))
+        save_button = widgets.Button(description="Save", icon="save",
+                                     tooltip="Write this take and its JSON sidecar into the filename box's folder")
+        download = widgets.HTML(download_link_html(take.audio, take.sample_rate, filename))
+        saved = widgets.HTML("")
+        actions = widgets.VBox([save_button, download, saved], layout=widgets.Layout(align_items="flex-start"))
+        box = widgets.HBox([label, player, thumbnail, actions], layout=widgets.Layout(align_items="center"))
+        box.add_class(_HISTORY_ROW_CLASS)
+        row = HistoryRow(take, number, box, save_button, download, saved, filename)
+        save_button.on_click(lambda _button: self.save_history_row(row))
+        return row
 
     def _show_error(self, exc: Exception | None) -> None:
         self.error.value = "" if exc is None else error_html(exc)
 
-    def _on_mode_change(self, change: dict) -> None:
-        # Continuation chunks overlap by their shared code columns; the crossfade length is unused.
-        self.crossfade.disabled = change["new"] == "continuation"
+    def _update_enabled(self) -> None:
+        # Continuation chunks overlap by their shared code columns: no crossfade, stitching or curve applies.
+        continuation = self.mode.value == "continuation"
+        for control in (self.crossfade, self.stitch, self.crossfade_curve):
+            control.disabled = continuation
+
+    def _on_per_level_change(self, change: dict) -> None:
+        per_level = change["new"]
+        if per_level:  # start every level from the single temperature in use until now
+            for level_slider in self.level_temperatures:
+                level_slider.value = self.temperature.value
+        self.temperature.disabled = per_level
+        self.level_box.layout.display = None if per_level else "none"
 
 
 class CompareGrid:
@@ -345,6 +543,62 @@ def error_html(exc: BaseException) -> str:
     """The exception's type and message, in red."""
     return (f"<span style='color: {_ERROR_COLOR}'><b>{type(exc).__name__}</b>: "
             f"{html.escape(str(exc))}</span>")
+
+
+def take_filename(take: GenerationResult, stem: str = "take") -> str:
+    """'<stem>_seed<seed>_<digest>.wav': the digest covers the model name and settings, so one name is only
+    ever given to one take (the same seed and settings of a model always give the same audio)."""
+    described = json.dumps({"model": take.model_name, "settings": take.settings.to_dict()}, sort_keys=True)
+    return f"{stem}_seed{take.seed}_{hashlib.sha256(described.encode()).hexdigest()[:6]}.wav"
+
+
+def settings_summary(settings: GenerationSettings, base: GenerationSettings) -> str:
+    """'temperature=0.8, top_k=5': the fields of ``settings`` that differ from ``base``, leaving out the
+    stitching fields in continuation mode, where they do not apply; 'initial settings' when none differ."""
+    ours, theirs = settings.to_dict(), base.to_dict()
+    skipped = _INDEPENDENT_ONLY if settings.mode == "continuation" else ()
+    changed = [f"{name}={_compact(value)}" for name, value in ours.items()
+               if value != theirs[name] and name not in skipped]
+    return ", ".join(changed) or "initial settings"
+
+
+def _compact(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "(" + ", ".join(_compact(item) for item in value) + ")"
+    return str(value)
+
+
+def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
+    """``audio`` as a 24-bit WAV file, as ``save_audio`` writes it (samples beyond full scale clipped)."""
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0), sample_rate, subtype="PCM_24",
+             format="WAV")
+    return buffer.getvalue()
+
+
+def download_link_html(audio: np.ndarray, sample_rate: int, filename: str) -> str:
+    """A link that downloads ``audio`` as a 24-bit WAV named ``filename``, held in the link itself as a data
+    URI: the browser saves it without asking the kernel."""
+    uri = "data:audio/wav;base64," + base64.b64encode(wav_bytes(audio, sample_rate)).decode("ascii")
+    return (f"<a href='{uri}' download='{html.escape(filename, quote=True)}' "
+            f"title='Download {html.escape(filename, quote=True)}'>Download</a>")
+
+
+def _save_take(take: GenerationResult, path: Path) -> Path:
+    return save_audio(path, take.audio, take.sample_rate, metadata=take.to_metadata())
+
+
+def _close_tree(widget: widgets.Widget) -> None:
+    """Close a widget and everything inside it, its layout and style widgets included: ipywidgets keeps every
+    open widget alive in a registry."""
+    for child in getattr(widget, "children", ()):
+        _close_tree(child)
+    for part in (getattr(widget, "layout", None), getattr(widget, "style", None)):
+        if isinstance(part, widgets.Widget):
+            part.close()
+    widget.close()
 
 
 def _image_layout() -> widgets.Layout:

@@ -1,4 +1,5 @@
-"""Real-browser test: the quickstart notebook runs in JupyterLab and its GeneratorPanel plays audio.
+"""Real-browser tests: the quickstart notebook runs in JupyterLab and its GeneratorPanel plays audio, keeps
+a history of takes with working Download links, stops a long take, and shows every label whole.
 
 JupyterLab is started on a copy of notebooks/ (running cells must not touch the committed outputs) and
 driven by headless Debian Chromium through Playwright. The lab's own app object (window.jupyterapp,
@@ -8,15 +9,17 @@ panel itself is found the way a user finds it: by its "Generate" button and its 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from lab_server import LabServer, running_lab
-from playwright.sync_api import Locator, Page, sync_playwright
+from playwright.sync_api import Locator, Page, expect, sync_playwright
 
 pytestmark = pytest.mark.browser
 
@@ -41,10 +44,16 @@ RUN_ALL_TIMEOUT_MS = 120_000  # every cell, the default model load included
 PANEL_RENDER_TIMEOUT_MS = 30_000
 GENERATE_TIMEOUT_MS = 120_000
 METADATA_TIMEOUT_MS = 30_000
+STOP_TIMEOUT_MS = 60_000  # Stop ends a take at its next window: a window's sampling, not the whole take
 
 GENERATE_BUTTON = re.compile(r"^\W*generate\W*$", re.IGNORECASE)
 DURATION_LABEL = re.compile(r"duration", re.IGNORECASE)
 SHORT_DURATION_S = 2.0  # typed into the duration readout to keep generation quick
+LONG_DURATION_S = 30.0  # a take long enough to be still running when Stop is clicked
+STOP_BUTTON = re.compile(r"^\W*stop\W*$", re.IGNORECASE)
+SAVE_BUTTON = re.compile(r"^\W*save\W*$", re.IGNORECASE)
+STOPPED = re.compile(r"^\s*Stopped\s*$")
+HISTORY_ROW = ".distill-nb-history-row"
 DURATION_TOLERANCE_S = 0.005
 WAV_DATA_URI = "data:audio/wav;base64,"
 
@@ -116,6 +125,15 @@ _ERROR_OUTPUTS_JS = (
 }"""
 )
 
+# The visible text elements of the panel whose content is wider than their box, i.e. cut short (ellipsis
+# or hidden overflow): descriptions, readouts, labels, buttons and HTML.
+_CUT_LABELS_JS = """
+p => Array.from(p.querySelectorAll(
+      '.widget-label, .widget-label-basic, .widget-readout, .widget-html-content, button, label'))
+  .filter(e => e.offsetParent !== null && e.scrollWidth > e.clientWidth + 1)
+  .map(e => `${e.className} "${e.textContent.trim().slice(0, 60)}": ${e.scrollWidth} > ${e.clientWidth}`)
+"""
+
 # IPython.display.Audio puts the URI on a <source> child; a bare <audio src=...> works too.
 _AUDIO_SRC_JS = "a => a.getAttribute('src') || a.querySelector('source')?.getAttribute('src') || ''"
 _AUDIO_LOADED_JS = "a => (a.readyState >= 1 && Number.isFinite(a.duration)) || a.error !== null"
@@ -177,9 +195,9 @@ def _failure_report(page: Page, notebook: str, server: LabServer, console: list[
     return "\n\n".join(parts)
 
 
-def _generate_in_open_notebook(page: Page, notebook: str) -> PanelAudio:
-    """Run all cells of the open `notebook`, set a short duration, click Generate, and return what the
-    browser shows. Each step waits on its own bounded timeout."""
+def _run_notebook(page: Page, notebook: str) -> Locator:
+    """Run all cells of the open `notebook` and return the panel: the innermost widget holding both a
+    Generate button and a duration slider. Each step waits on its own bounded timeout."""
     page.wait_for_function(_KERNEL_READY_JS, arg=notebook, timeout=LAB_LOAD_TIMEOUT_MS)
     page.evaluate(_START_RUN_ALL_JS, notebook)
     page.wait_for_function(_RUN_ALL_DONE_JS, arg=notebook, timeout=RUN_ALL_TIMEOUT_MS)
@@ -189,19 +207,22 @@ def _generate_in_open_notebook(page: Page, notebook: str) -> PanelAudio:
 
     generate_buttons = page.get_by_role("button", name=GENERATE_BUTTON)
     generate_buttons.first.wait_for(state="visible", timeout=PANEL_RENDER_TIMEOUT_MS)
-    duration_sliders = page.locator(".widget-slider").filter(
-        has=page.locator(".widget-label", has_text=DURATION_LABEL)
-    )
-    # The panel is the innermost widget holding both a Generate button and a duration slider
-    # (ancestors come first in document order, so it is the last match).
-    panel = page.locator(".jupyter-widgets").filter(has=generate_buttons).filter(has=duration_sliders).last
+    # Ancestors come first in document order, so the innermost match is the last.
+    panel = page.locator(".jupyter-widgets").filter(has=generate_buttons).filter(has=_duration_sliders(page)).last
     panel.wait_for(state="visible", timeout=PANEL_RENDER_TIMEOUT_MS)
-    button = panel.get_by_role("button", name=GENERATE_BUTTON).first
-    slider_duration_s = _set_duration(panel.locator(duration_sliders).first, SHORT_DURATION_S)
+    return panel
 
+
+def _duration_sliders(page: Page) -> Locator:
+    return page.locator(".widget-slider").filter(has=page.locator(".widget-label", has_text=DURATION_LABEL))
+
+
+def _generate(page: Page, panel: Locator, seconds: float) -> PanelAudio:
+    """Set the duration, click Generate and return what the browser shows of the new take."""
+    slider_duration_s = _set_duration(panel.locator(_duration_sliders(page)).first, seconds)
     # Audio already in the panel is not the take we are waiting for.
     panel.evaluate("p => p.querySelectorAll('audio').forEach(a => { a.dataset.dnSeen = '1'; })")
-    button.click()
+    panel.get_by_role("button", name=GENERATE_BUTTON).first.click()
     audio = panel.locator("audio:not([data-dn-seen])").first
     audio.wait_for(state="attached", timeout=GENERATE_TIMEOUT_MS)
     audio.scroll_into_view_if_needed()
@@ -212,38 +233,112 @@ def _generate_in_open_notebook(page: Page, notebook: str) -> PanelAudio:
     return PanelAudio(slider_duration_s, src, audio.evaluate("a => a.duration"))
 
 
-def assert_panel_generates_audio(notebook_dir: Path, notebook: str, tmp_path: Path) -> PanelAudio:
-    """Open `notebook` (relative to `notebook_dir`, served from a copy in tmp_path) in JupyterLab in
-    headless Chromium, run it, click the panel's Generate button and assert that a WAV take whose
-    decoded duration matches the panel's duration slider appears. On failure, the assertion message
-    carries the notebook's error outputs and a screenshot is saved in tmp_path."""
+def _row_numbers(panel: Locator) -> list[int]:
+    """The take numbers ("#3") of the history rows, top to bottom."""
+    texts = panel.locator(HISTORY_ROW).all_inner_texts()
+    return [int(match.group(1)) for text in texts if (match := re.search(r"#(\d+)", text))]
+
+
+@dataclass
+class LabSession:
+    """The quickstart notebook, run in JupyterLab in headless Chromium; `panel` is its GeneratorPanel."""
+
+    page: Page
+    server: LabServer
+    console: list[str]
+    work_dir: Path
+    panel: Locator | None = None
+
+    @contextlib.contextmanager
+    def reporting(self, step: str) -> Iterator[None]:
+        """Re-raise a failure in `step` with the notebook's error outputs, the panel's text, the console
+        and the server log; a screenshot is saved in work_dir."""
+        try:
+            yield
+        except Exception as exc:
+            shot = self.work_dir / f"browser-failure-{re.sub(r'[^a-z0-9]+', '-', step.lower())}.png"
+            report = _failure_report(self.page, QUICKSTART, self.server, self.console, shot)
+            raise AssertionError(f"{step}: {exc}\n\n{report}") from exc
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabSession]:
+    """One JupyterLab on a copy of notebooks/ (running cells must not touch the committed outputs), with
+    the quickstart notebook run, shared by the tests below: starting a lab takes most of their time."""
     require_chromium()
-    root = tmp_path / "notebooks"
-    shutil.copytree(notebook_dir, root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-    console: list[str] = []
-    with running_lab(root, tmp_path) as server, sync_playwright() as playwright:
+    work_dir = tmp_path_factory.mktemp("browser")
+    root = work_dir / "notebooks"
+    shutil.copytree(NOTEBOOKS_DIR, root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    with running_lab(root, work_dir) as server, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
-            page.on("pageerror", lambda exc: console.append(f"pageerror: {exc}"))
-            try:
-                page.goto(server.lab_url(notebook), timeout=LAB_LOAD_TIMEOUT_MS)
-                result = _generate_in_open_notebook(page, notebook)
-                src_head = result.src[:60]
-                assert src_head.startswith(WAV_DATA_URI), f"take source is not a WAV data URI: {src_head!r}"
-                drift_s = abs(result.audio_duration_s - result.slider_duration_s)
-                assert drift_s <= DURATION_TOLERANCE_S, (
-                    f"decoded take lasts {result.audio_duration_s:.4f} s, "
-                    f"the duration slider says {result.slider_duration_s} s"
-                )
-            except Exception as exc:
-                report = _failure_report(page, notebook, server, console, tmp_path / "browser-failure.png")
-                raise AssertionError(f"{exc}\n\n{report}") from exc
+            page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+            session = LabSession(page, server, [], work_dir)
+            page.on("console", lambda msg: session.console.append(f"{msg.type}: {msg.text}"))
+            page.on("pageerror", lambda exc: session.console.append(f"pageerror: {exc}"))
+            with session.reporting("run the quickstart notebook"):
+                page.goto(server.lab_url(QUICKSTART), timeout=LAB_LOAD_TIMEOUT_MS)
+                session.panel = _run_notebook(page, QUICKSTART)
+            yield session
         finally:
             browser.close()
-    return result
 
 
-def test_quickstart_panel_generates_playable_audio(tmp_path: Path) -> None:
-    assert_panel_generates_audio(NOTEBOOKS_DIR, QUICKSTART, tmp_path)
+def test_quickstart_panel_generates_playable_audio(quickstart: LabSession) -> None:
+    with quickstart.reporting("generate a take"):
+        result = _generate(quickstart.page, quickstart.panel, SHORT_DURATION_S)
+        src_head = result.src[:60]
+        assert src_head.startswith(WAV_DATA_URI), f"take source is not a WAV data URI: {src_head!r}"
+        drift_s = abs(result.audio_duration_s - result.slider_duration_s)
+        assert drift_s <= DURATION_TOLERANCE_S, (
+            f"decoded take lasts {result.audio_duration_s:.4f} s, the duration slider says {result.slider_duration_s} s"
+        )
+
+
+def test_each_take_adds_a_history_row_newest_first_with_a_download(quickstart: LabSession) -> None:
+    page, panel = quickstart.page, quickstart.panel
+    with quickstart.reporting("history rows"):
+        before = _row_numbers(panel)
+        _generate(page, panel, SHORT_DURATION_S)
+        _generate(page, panel, SHORT_DURATION_S)
+        expect(panel.locator(HISTORY_ROW)).to_have_count(len(before) + 2, timeout=PANEL_RENDER_TIMEOUT_MS)
+        numbers = _row_numbers(panel)
+        assert numbers == sorted(numbers, reverse=True) and numbers[2:] == before, numbers
+        newest = panel.locator(HISTORY_ROW).first
+        assert newest.locator("audio").count() == 1 and newest.locator("img").count() == 1
+        with page.expect_download(timeout=METADATA_TIMEOUT_MS) as download_info:
+            newest.get_by_role("link", name="Download").click()
+        download = download_info.value
+        assert re.fullmatch(r"take_seed\d+_[0-9a-f]{6}\.wav", download.suggested_filename), download.suggested_filename
+        wav = Path(download.path()).read_bytes()
+        assert wav[:4] == b"RIFF" and wav[8:12] == b"WAVE", wav[:16]
+        # Save writes into the kernel's working directory, the served copy of notebooks/.
+        newest.get_by_role("button", name=SAVE_BUTTON).click()
+        expect(newest.get_by_text(re.compile(rf"Saved {re.escape(download.suggested_filename)}"))).to_be_visible(
+            timeout=PANEL_RENDER_TIMEOUT_MS)
+        assert (quickstart.work_dir / "notebooks" / download.suggested_filename).read_bytes() == wav
+
+
+def test_stop_ends_a_long_take(quickstart: LabSession) -> None:
+    page, panel = quickstart.page, quickstart.panel
+    with quickstart.reporting("stop a long take"):
+        rows = panel.locator(HISTORY_ROW).count()
+        _set_duration(panel.locator(_duration_sliders(page)).first, LONG_DURATION_S)
+        generate = panel.get_by_role("button", name=GENERATE_BUTTON).first
+        generate.click()
+        # The click waits until the worker thread has enabled Stop, i.e. the take is running.
+        panel.get_by_role("button", name=STOP_BUTTON).first.click(timeout=PANEL_RENDER_TIMEOUT_MS)
+        expect(panel.locator(".widget-label", has_text=STOPPED)).to_be_visible(timeout=STOP_TIMEOUT_MS)
+        expect(generate).to_be_enabled(timeout=PANEL_RENDER_TIMEOUT_MS)
+        assert panel.locator(HISTORY_ROW).count() == rows
+
+
+def test_no_label_in_the_panel_is_cut(quickstart: LabSession) -> None:
+    panel = quickstart.panel
+    with quickstart.reporting("labels"):
+        per_level = panel.get_by_text("Temperature per level")
+        per_level.click()  # shows the per-level sliders, whose labels are the longest
+        expect(panel.locator(".widget-slider", has_text="coarsest")).to_be_visible(timeout=PANEL_RENDER_TIMEOUT_MS)
+        cut = panel.evaluate(_CUT_LABELS_JS)
+        per_level.click()
+        assert not cut, "labels cut short (scrollWidth > clientWidth):\n" + "\n".join(cut)

@@ -12,6 +12,7 @@ import os
 import random
 import re
 import threading
+import time
 import wave
 
 import ipywidgets
@@ -23,14 +24,17 @@ from conftest import TINY_H, TINY_K, TINY_Q, TINY_SR, tiny_model
 from traitlets import TraitError
 
 import distill_nb.widgets as widgets_module
+from distill_nb.audio import read_sidecar
 from distill_nb.generation import GenerationResult, GenerationSettings, generate
-from distill_nb.widgets import MAX_SEED, CompareGrid, GeneratorPanel
+from distill_nb.widgets import HISTORY_LENGTH, MAX_SEED, CompareGrid, GeneratorPanel
 
 # 8 kHz chunks, hop 64 -> 126 frames, 32 mels -> a 2 x 8 grid of 2 levels: 32 tokens per chunk.
 SR = TINY_SR
 H, Q, K = TINY_H, TINY_Q, TINY_K
 FAST_GL = 2
 WAV_URI = re.compile(r'src="data:audio/wav;base64,([A-Za-z0-9+/=]+)"')
+DOWNLOAD_URI = re.compile(r"href='data:audio/wav;base64,([A-Za-z0-9+/=]+)' download='([^']+)'")
+PCM_24_STEP = 2.0**-23  # a 24-bit WAV holds full scale in 2**23 steps; read back, a sample is within one step
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -44,6 +48,13 @@ def panel(loaded):
     panel = GeneratorPanel(loaded, seed=7, griffin_lim_iters=FAST_GL)
     panel.duration.value = 1.0
     return panel
+
+
+def click_generate(panel):
+    """Click Generate and wait for the take, which the button runs in a worker thread."""
+    panel.generate_button.click()
+    assert panel.wait(60), "the take did not finish within 60 s"
+    return panel.last_result
 
 
 def decoded_wav(player_html: str) -> tuple[int, int]:
@@ -84,6 +95,8 @@ def test_controls_have_the_documented_ranges_and_defaults(panel):
     expected = {  # widget: (min, max, default)
         panel.temperature: (0.1, 2.0, 1.0), panel.top_k: (0, 512, 0), panel.top_p: (0.0, 1.0, 1.0),
         panel.min_p: (0.0, 1.0, 0.0), panel.crossfade: (0, 200, 50), panel.seed: (0, 2**31 - 1, 7),
+        panel.griffin_lim: (1, 512, FAST_GL),
+        **{level: (0.1, 2.0, 1.0) for level in panel.level_temperatures},
     }
     for control, (low, high, default) in expected.items():
         assert (control.min, control.max, control.value) == (low, high, default), control.description
@@ -97,6 +110,14 @@ def test_controls_have_the_documented_ranges_and_defaults(panel):
     assert panel.settings().normalise == "off"
     panel.normalise.value = "peak"
     assert panel.crossfade.disabled
+    assert panel.stitch.options == ("crossfade", "overlap_add") and panel.stitch.value == "crossfade"
+    assert panel.crossfade_curve.options == ("equal_power", "linear", "hann")
+    assert panel.crossfade_curve.value == "equal_power"
+    # One temperature slider per level of the model, used only once "Temperature per level" is ticked.
+    assert len(panel.level_temperatures) == panel.loaded.vqvae_config.levels == Q
+    assert not panel.temperature_per_level.value and panel.level_box.layout.display == "none"
+    assert GeneratorPanel(panel.loaded).griffin_lim.value == GenerationSettings.griffin_lim_iters
+    assert panel.history == [] and panel.history_section.layout.display == "none"
 
 
 def test_clicking_generate_makes_a_take_with_the_controls_settings(panel):
@@ -108,12 +129,12 @@ def test_clicking_generate_makes_a_take_with_the_controls_settings(panel):
     panel.mode.value = "independent"
     panel.crossfade.value = 100
     assert not panel.crossfade.disabled
-    button_states = []
+    button_states, stop_states = [], []
     panel.generate_button.observe(lambda change: button_states.append(change["new"]), names="disabled")
+    panel.stop_button.observe(lambda change: stop_states.append(change["new"]), names="disabled")
 
-    panel.generate_button.click()
+    take = click_generate(panel)
 
-    take = panel.last_result
     assert isinstance(take, GenerationResult), panel.error.value
     assert take.seed == panel.seed.value == 7
     assert take.settings == GenerationSettings(temperature=0.8, top_k=5, top_p=0.5, min_p=0.05, duration_s=1.5,
@@ -129,6 +150,7 @@ def test_clicking_generate_makes_a_take_with_the_controls_settings(panel):
     assert "seed 7" in panel.summary.value and panel.take_box.layout.display is None
     # Disabled while generating, enabled again after; progress complete; no error.
     assert button_states == [True, False] and not panel.generate_button.disabled
+    assert stop_states == [False, True] and panel.stop_button.disabled
     assert panel.progress.value == 1.0 and panel.progress.bar_style == "success"
     assert panel.status.value.startswith("Done") and panel.error.value == ""
     assert not panel.save_button.disabled
@@ -154,14 +176,14 @@ def test_continuation_mode_disables_the_crossfade_and_generates(panel):
 def test_an_error_is_shown_in_the_panel_not_raised(loaded):
     panel = GeneratorPanel(dataclasses.replace(loaded, prior=None), griffin_lim_iters=FAST_GL)
     panel.duration.value = 1.0
-    panel.generate_button.click()
+    assert click_generate(panel) is None
     assert panel.generate() is None  # called directly: no exception either
     assert panel.last_result is None
     assert "ValueError" in panel.error.value and "prior" in panel.error.value
     assert "color" in panel.error.value
     assert not panel.generate_button.disabled and panel.save_button.disabled
     assert panel.progress.bar_style == "danger" and panel.status.value == "Failed"
-    assert panel.take_box.layout.display == "none"
+    assert panel.take_box.layout.display == "none" and panel.history == []
 
 
 def test_a_failure_keeps_the_previous_take_and_the_next_success_clears_the_error(panel, loaded):
@@ -196,7 +218,8 @@ def test_a_second_generate_while_a_take_runs_is_refused_and_keeps_the_button_dis
     assert panel.generate() is not None  # free again once the take is done
 
 
-@pytest.mark.parametrize("name", ["temperature", "top_k", "top_p", "min_p", "duration", "crossfade", "seed"])
+@pytest.mark.parametrize("name", ["temperature", "top_k", "top_p", "min_p", "duration", "crossfade", "seed",
+                                  "griffin_lim"])
 def test_out_of_range_values_cannot_get_through_a_control(panel, name):
     control = getattr(panel, name)
     for value in (control.max + 1000, control.min - 1000):
@@ -208,14 +231,17 @@ def test_out_of_range_values_cannot_get_through_a_control(panel, name):
 
 
 def test_every_corner_of_the_control_ranges_is_a_valid_call(panel):
-    sliders = [panel.temperature, panel.top_k, panel.top_p, panel.min_p, panel.duration, panel.crossfade]
+    sliders = [panel.temperature, panel.top_k, panel.top_p, panel.min_p, panel.duration, panel.crossfade,
+               panel.griffin_lim, *panel.level_temperatures]
     for end in ("min", "max"):
         for slider in sliders:
             slider.value = getattr(slider, end)
         for mode in panel.mode.options:
-            panel.mode.value = mode
-            settings = panel.settings()  # GenerationSettings validates every field
-            assert 0 <= settings.overlap_samples < panel.loaded.chunk_samples
+            for stitch in panel.stitch.options:
+                for per_level in (False, True):
+                    panel.mode.value, panel.stitch.value, panel.temperature_per_level.value = mode, stitch, per_level
+                    settings = panel.settings()  # GenerationSettings validates every field
+                    assert 0 <= settings.overlap_samples < panel.loaded.chunk_samples
 
 
 def test_randomize_draws_a_new_seed_without_touching_global_rngs(panel):
@@ -238,7 +264,7 @@ def test_save_writes_the_take_and_its_sidecar(panel, tmp_path):
     take = panel.generate()
     target = tmp_path / "my take.wav"
     panel.filename.value = str(target)
-    panel.save_button.click()
+    panel.save_button.click()  # saving runs in the kernel's thread: done when click() returns
     audio, rate = sf.read(target, dtype="float32")
     assert rate == SR and len(audio) == len(take.audio)
     assert np.allclose(audio, np.clip(take.audio, -1, 1), atol=1e-6)
@@ -279,6 +305,231 @@ def test_the_smallest_box_around_generate_and_duration_holds_the_player(panel):
 def test_without_a_model_the_panel_loads_the_default_one(loaded, monkeypatch):
     monkeypatch.setattr(widgets_module, "load_default_model", lambda: loaded)
     assert GeneratorPanel().loaded is loaded
+
+
+def row_seeds(panel):
+    return [row.take.seed for row in panel.history]
+
+
+def row_parts(row):
+    """Every widget of a history row, layouts and styles included."""
+    return [part for widget in descendants(row.widget)
+            for part in (widget, widget.layout, getattr(widget, "style", None)) if part is not None]
+
+
+def test_each_take_adds_a_history_row_newest_first(panel):
+    takes = []
+    for seed in (7, 8, 9):
+        panel.seed.value = seed
+        takes.append(click_generate(panel))
+    assert row_seeds(panel) == [9, 8, 7] and [row.number for row in panel.history] == [3, 2, 1]
+    assert [row.take for row in panel.history] == takes[::-1]
+    assert list(panel.history_box.children) == [row.widget for row in panel.history]
+    assert panel.history_section.layout.display is None
+    for row, take in zip(panel.history, takes[::-1]):
+        label, player, thumbnail = row.widget.children[:3]
+        assert f"#{row.number}" in label.value and f"seed {take.seed}" in label.value
+        assert decoded_wav(player.value) == (SR, len(take.audio))
+        assert bytes(thumbnail.value).startswith(PNG_MAGIC)
+        assert {id(row.save_button), id(row.download)} <= {id(w) for w in descendants(row.widget)}
+        assert f"seed{take.seed}" in row.filename
+    # The full view still shows the latest take.
+    assert "seed 9" in panel.summary.value and panel.last_result is takes[-1]
+
+
+def test_a_history_row_names_only_the_settings_that_changed(panel):
+    first = panel.generate()
+    panel.top_k.value = 5
+    panel.mode.value = "independent"
+    panel.stitch.value = "overlap_add"
+    second = panel.generate()
+    old, new = (row.widget.children[0].value for row in panel.history[::-1])
+    # duration_s was changed by the fixture; the panel's initial settings are the reference.
+    assert "top_k" not in old and "duration_s=1" in old
+    assert "top_k=5" in new and "mode=independent" in new and "stitch=overlap_add" in new
+    assert first.seed == second.seed and panel.history[0].filename != panel.history[1].filename
+
+
+def test_the_history_is_bounded_and_dropped_rows_are_closed(panel, monkeypatch):
+    assert HISTORY_LENGTH == 20
+    monkeypatch.setattr(widgets_module, "HISTORY_LENGTH", 2)
+    for seed in (1, 2):
+        panel.seed.value = seed
+        panel.generate()
+    oldest = panel.history[-1]
+    panel.seed.value = 3
+    panel.generate()
+    assert row_seeds(panel) == [3, 2] and len(panel.history_box.children) == 2
+    # ipywidgets keeps every open widget alive, so a row that only left the list would still hold memory.
+    assert all(part.comm is None for part in row_parts(oldest))
+    assert all(part.comm is not None for row in panel.history for part in row_parts(row))
+
+
+def test_clear_history_removes_the_rows_and_keeps_the_latest_take(panel):
+    panel.generate()
+    take = panel.generate()
+    rows = list(panel.history)
+    panel.clear_history_button.click()
+    assert panel.history == [] and panel.history_box.children == ()
+    assert panel.history_section.layout.display == "none"
+    assert all(part.comm is None for row in rows for part in row_parts(row))
+    assert panel.last_result is take and panel.take_box.layout.display is None
+    panel.generate()
+    assert [row.number for row in panel.history] == [3]  # numbering goes on: #3 is still the third take
+
+
+def test_a_row_saves_its_take_with_the_sidecar_into_the_filename_folder(panel, tmp_path):
+    panel.filename.value = "mine.wav"  # a take's file is named after the box's stem when it was made
+    panel.seed.value = 11
+    older = panel.generate()
+    panel.seed.value = 12
+    panel.generate()
+    (tmp_path / "out").mkdir()
+    panel.filename.value = str(tmp_path / "out" / "other.wav")  # and saved into the box's folder of now
+    row = panel.history[1]  # the older take, not the latest
+    row.save_button.click()
+    written = tmp_path / "out" / row.filename
+    assert written.exists(), sorted(p.name for p in tmp_path.rglob("*"))
+    assert re.fullmatch(r"mine_seed11_[0-9a-f]{6}\.wav", written.name) and written.name in row.saved.value
+    audio, rate = sf.read(written, dtype="float64")
+    assert rate == SR and len(audio) == len(older.audio)
+    assert np.allclose(audio, np.clip(older.audio, -1, 1), rtol=0, atol=PCM_24_STEP)
+    sidecar = read_sidecar(written)  # checks that the sidecar's hash is the file's
+    assert sidecar["seed"] == 11 and sidecar["settings"] == older.settings.to_dict()
+    assert panel.error.value == "" and panel.history[0].saved.value == ""
+
+
+def test_a_row_save_error_is_shown_in_the_panel(panel, tmp_path):
+    panel.generate()
+    panel.filename.value = str(tmp_path / "missing folder" / "take.wav")
+    assert panel.save_history_row(panel.history[0]) is None
+    assert "Error" in panel.error.value and panel.history[0].saved.value == ""
+
+
+def test_the_download_link_holds_the_take_as_a_wav(panel):
+    panel.seed.value = 21
+    take = panel.generate()
+    row = panel.history[0]
+    match = DOWNLOAD_URI.search(row.download.value)
+    assert match, row.download.value[:200]
+    assert match.group(2) == row.filename and re.fullmatch(r"take_seed21_[0-9a-f]{6}\.wav", row.filename)
+    audio, rate = sf.read(io.BytesIO(base64.b64decode(match.group(1))), dtype="float64")
+    assert rate == SR and len(audio) == len(take.audio)
+    assert np.allclose(audio, np.clip(take.audio, -1, 1), rtol=0, atol=PCM_24_STEP)
+
+
+def test_per_level_temperature_stitching_curve_and_griffin_lim_reach_the_take(panel):
+    panel.temperature.value = 0.7
+    panel.temperature_per_level.value = True
+    # Ticking it starts every level from the single temperature, which it then disables.
+    assert [s.value for s in panel.level_temperatures] == [0.7] * Q and panel.temperature.disabled
+    assert panel.level_box.layout.display is None
+    panel.level_temperatures[0].value, panel.level_temperatures[1].value = 0.5, 1.5
+    panel.mode.value = "independent"
+    panel.stitch.value = "overlap_add"
+    panel.crossfade_curve.value = "hann"
+    panel.griffin_lim.value = 3
+    expected = GenerationSettings(temperature=(0.5, 1.5), duration_s=1.0, mode="independent", stitch="overlap_add",
+                                  overlap_samples=round(50 * SR / 1000), crossfade_curve="hann", griffin_lim_iters=3)
+    assert panel.settings() == expected and panel.griffin_lim_iters == 3
+    take = panel.generate()
+    assert take.settings == expected, panel.error.value
+    metadata = take.to_metadata()["settings"]
+    assert metadata["temperature"] == [0.5, 1.5] and metadata["stitch"] == "overlap_add"
+    assert metadata["crossfade_curve"] == "hann" and metadata["griffin_lim_iters"] == 3
+    assert torch.equal(take.codes, generate(panel.loaded, expected, seed=take.seed).codes)
+    panel.temperature_per_level.value = False
+    assert panel.settings().temperature == 0.7 and not panel.temperature.disabled
+    assert panel.level_box.layout.display == "none"
+
+
+def test_stitching_and_curve_apply_only_in_independent_mode(panel):
+    for mode, disabled in (("independent", False), ("continuation", True)):
+        panel.mode.value = mode
+        assert [c.disabled for c in (panel.crossfade, panel.stitch, panel.crossfade_curve)] == [disabled] * 3
+
+
+def test_griffin_lim_iterations_are_checked_and_settable(loaded, panel):
+    for bad in (0, 513):
+        with pytest.raises(ValueError, match="griffin_lim_iters"):
+            GeneratorPanel(loaded, griffin_lim_iters=bad)
+    panel.griffin_lim_iters = 5
+    assert panel.griffin_lim.value == 5 and panel.settings().griffin_lim_iters == 5
+
+
+def generate_until_stopped(started):
+    """A stand-in for generation that reports progress, window after window, until the callback raises."""
+    def fake_generate(loaded, settings, *, seed, progress):
+        for window in range(10_000):
+            progress(window / 10_000, f"Sampling window {window + 1}...")
+            started.set()
+            time.sleep(0.005)
+        raise AssertionError("the take was not stopped")
+    return fake_generate
+
+
+def test_stop_ends_a_take_started_by_the_button(panel, monkeypatch):
+    first = panel.generate()
+    rows = list(panel.history)
+    started = threading.Event()
+    monkeypatch.setattr(widgets_module, "generate", generate_until_stopped(started))
+    panel.generate_button.click()  # returns at once: the take runs in a worker thread
+    assert started.wait(30) and panel.generate_button.disabled and not panel.stop_button.disabled
+    panel.generate_button.click()  # a second click while it runs is refused
+    assert "already" in panel.status.value
+    panel.stop_button.click()
+    assert panel.wait(30)
+    assert panel.status.value == "Stopped" and panel.progress.bar_style == "warning"
+    assert panel.error.value == ""  # a stop is not an error
+    assert panel.last_result is first and panel.history == rows and "seed 7" in panel.summary.value
+    assert not panel.generate_button.disabled and panel.stop_button.disabled
+    assert not panel.stop()  # nothing runs any more
+
+
+def test_stop_ends_a_real_take_at_its_next_window_and_the_next_take_runs(panel):
+    panel.duration.value = 30.0
+    messages = []
+
+    def on_status(change):
+        messages.append(change["new"])
+        if change["new"].startswith("Sampling window 1/"):
+            panel.stop_button.click()  # from the worker thread, while the first window is being sampled
+
+    panel.status.observe(on_status, names="value")
+    assert click_generate(panel) is None
+    windows = [m for m in messages if m.startswith("Sampling window")]
+    assert windows == [windows[0]] and messages[-1] == "Stopped", messages
+    assert panel.last_result is None and panel.history == []
+    panel.status.unobserve(on_status, names="value")
+    panel.duration.value = 1.0
+    assert panel.generate() is not None and panel.status.value.startswith("Done")  # the stop does not linger
+
+
+def test_a_stop_after_the_last_window_keeps_the_finished_take(panel, monkeypatch):
+    take = panel.generate()
+
+    def finishing_generate(loaded, settings, *, seed, progress):
+        progress(0.5, "Decoding...")
+        assert panel.stop()  # Stop arrives while the take is being finished
+        progress(1.0, "Done")
+        return dataclasses.replace(take, seed=99)
+
+    monkeypatch.setattr(widgets_module, "generate", finishing_generate)
+    kept = panel.generate()
+    assert kept is not None and panel.last_result is kept and row_seeds(panel)[0] == 99
+    assert "before Stop" in panel.status.value and panel.progress.bar_style == "success"
+
+
+def test_every_description_is_shown_whole(panel):
+    # ipywidgets cuts a description at a fixed width unless its style asks for its natural width.
+    described = [w for w in descendants(panel.widget) if getattr(w, "description", "")
+                 and hasattr(getattr(w, "style", None), "description_width")]
+    assert {w.description for w in described} >= {"Temperature", "Griffin-Lim iterations", "Crossfade curve",
+                                                   "Temperature per level", "Stitching", "Seed"}
+    assert all(w.style.description_width == "initial" for w in described), [
+        w.description for w in described if w.style.description_width != "initial"]
+    toggles = [w for w in descendants(panel.widget) if isinstance(w, ipywidgets.ToggleButtons)]
+    assert len(toggles) == 3 and all(w.style.button_width == "auto" for w in toggles)
 
 
 def test_compare_grid_renders_one_column_per_setting_with_one_seed(loaded):
