@@ -6,15 +6,16 @@ Run with OMP_NUM_THREADS=1, as the nbval check does: the numbers the notebooks p
 thread count. Widget state (random model ids, images, audio) is dropped; it is re-made by running.
 """
 
-import sys
+import argparse
 import time
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
 
-for name in sys.argv[1:]:
-    path = Path(name)
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("notebooks", nargs="+", type=Path, help="notebooks to execute and rewrite in place")
+for path in parser.parse_args().notebooks:
     notebook = nbformat.read(path, as_version=4)
     started = time.perf_counter()
     NotebookClient(notebook, timeout=600, kernel_name="python3", record_timing=False,
