@@ -48,9 +48,9 @@ $(COLAB_STAMP): pyproject.toml $(COLAB_PINS) ci/colab_plan.py
 	$(COLAB_PY) -m pip install --quiet -c $(COLAB_PINS) pip
 	$(COLAB_PY) -m pip install --quiet torch==2.13.0
 	$(COLAB_PY) -m pip install --quiet -r $(COLAB_PINS)
-	$(COLAB_PY) -m pip install --quiet --dry-run --report $(COLAB_VENV)/plan.json -e .
+	$(COLAB_PY) -m pip install --quiet --dry-run --report $(COLAB_VENV)/plan.json -e '.[notebooks]'
 	$(COLAB_PY) ci/colab_plan.py plan $(COLAB_VENV)/plan.json $(COLAB_PINS)
-	$(COLAB_PY) -m pip install --quiet -e .
+	$(COLAB_PY) -m pip install --quiet -e '.[notebooks]'
 	$(COLAB_PY) -m pip install --quiet -c $(COLAB_PINS) -e '.[test]'
 	touch $@
 

@@ -43,9 +43,19 @@ _LAZY = {
 }
 
 
+_NOTEBOOK_LIBRARIES = {"ipywidgets", "IPython", "matplotlib"}  # the [notebooks] extra
+
+
 def __getattr__(name: str):
     if name in _LAZY:
-        return getattr(import_module(_LAZY[name]), name)
+        try:
+            module = import_module(_LAZY[name])
+        except ModuleNotFoundError as error:
+            if error.name not in _NOTEBOOK_LIBRARIES:
+                raise
+            raise ImportError(f"distill_nb.{name} needs the notebook libraries ({error.name} is missing): "
+                              f"pip install 'distill_nb[notebooks]'") from error
+        return getattr(module, name)
     raise AttributeError(f"module 'distill_nb' has no attribute {name!r}")
 
 

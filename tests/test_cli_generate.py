@@ -151,6 +151,13 @@ def test_the_cli_runs_without_the_notebook_libraries(model_path, tmp_path):
                      *sys.argv[3:]]) == 0
         loaded = [name for name in ("ipywidgets", "IPython", "matplotlib") if sys.modules[name] is not None]
         assert not loaded, loaded
+        import distill_nb
+        try:
+            distill_nb.GeneratorPanel
+        except ImportError as error:
+            assert "pip install 'distill_nb[notebooks]'" in str(error), error
+        else:
+            raise AssertionError("GeneratorPanel imported without ipywidgets")
     """)
     out = tmp_path / "take.wav"
     done = subprocess.run([sys.executable, "-c", script, str(model_path), str(out), *FAST], capture_output=True,
