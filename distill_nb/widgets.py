@@ -28,7 +28,7 @@ import ipywidgets as widgets
 import numpy as np
 import soundfile as sf
 import torch
-from IPython.display import Audio, display
+from IPython.display import display
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 
@@ -208,7 +208,16 @@ class GeneratorPanel:
         ])
 
     def _ipython_display_(self) -> None:
-        display(self.widget)
+        display_with_fallback(self.widget, "distill_nb generator panel", self.static_html())
+
+    def static_html(self) -> str:
+        """The panel without a kernel: a note, and the latest take's player, spectrogram and statistics."""
+        note = ("<p><b>distill_nb generator</b>: an interactive panel; it appears when the notebook runs with "
+                "a live kernel.</p>")
+        if self.last_result is None:
+            return note
+        return (note + f"<p>{self.summary.value}</p>" + self.audio_html.value
+                + _img_html(self.spectrogram_image.value) + self.stats_html.value)
 
     @property
     def griffin_lim_iters(self) -> int:
@@ -495,19 +504,51 @@ class CompareGrid:
             grid_template_columns=f"repeat({len(self.columns)}, minmax(0, 1fr))", grid_gap="12px"))
 
     def _ipython_display_(self) -> None:
-        display(self.widget)
+        display_with_fallback(self.widget, f"distill_nb compare grid: {', '.join(self.labels)}", self.static_html())
+
+    def static_html(self) -> str:
+        """The grid without a kernel: one table column per setting, with its player, histogram and statistics."""
+        cells = "".join("<td style='vertical-align: top'>" + "".join(_static_html(child) for child in column.children)
+                        + "</td>" for column in self.columns)
+        return f"<table><tr>{cells}</tr></table>"
 
 
 # --------------------------------------------------------------------------- rendering helpers
 
 
+class Player:
+    """An inline audio player for a notebook: make it a cell's value, or ``display()`` it.
+
+    Unlike ``IPython.display.Audio``, it plays in a notebook the front end does not trust (any freshly cloned
+    one): JupyterLab's sanitizer strips a data URI from a <source> element, not from the <audio> element itself.
+
+    Args:
+        audio: float (n,) samples in [-1, 1] (numpy or torch); played as they are, not normalised.
+        sample_rate: Hz.
+    """
+
+    def __init__(self, audio: np.ndarray | torch.Tensor, sample_rate: int) -> None:
+        samples = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
+        if samples.ndim != 1 or samples.size == 0:
+            raise ValueError(f"audio must be a non-empty mono array of shape (n,), got shape {samples.shape}")
+        self.audio, self.sample_rate = samples, check_int("sample_rate", sample_rate, 1)
+
+    def _repr_html_(self) -> str:
+        return audio_player_html(self.audio, self.sample_rate)
+
+    def __repr__(self) -> str:
+        return f"Player({len(self.audio) / self.sample_rate:.2f} s at {self.sample_rate} Hz)"
+
+
 def audio_player_html(audio: np.ndarray, sample_rate: int) -> str:
-    """An <audio controls> element playing ``audio`` (float [n] in [-1, 1]) from a 16-bit WAV data URI.
+    """An <audio controls> element playing ``audio`` (float [n] in [-1, 1]) from a 16-bit WAV data URI on the
+    element itself (see `Player`).
 
     Not normalised, so the player is as loud as the saved file; samples beyond full scale are
     clipped, as ``save_audio`` clips them.
     """
-    return Audio(np.clip(audio, -1.0, 1.0), rate=sample_rate, normalize=False)._repr_html_()
+    uri = "data:audio/wav;base64," + base64.b64encode(wav_bytes(audio, sample_rate, "PCM_16")).decode("ascii")
+    return f'<audio controls="controls" src="{uri}"></audio>'
 
 
 def figure_png(figure: Figure) -> bytes:
@@ -570,10 +611,10 @@ def _compact(value: object) -> str:
     return str(value)
 
 
-def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
-    """``audio`` as a 24-bit WAV file, as ``save_audio`` writes it (samples beyond full scale clipped)."""
+def wav_bytes(audio: np.ndarray, sample_rate: int, subtype: str = "PCM_24") -> bytes:
+    """``audio`` as a WAV file, 24-bit by default as ``save_audio`` writes it (samples beyond full scale clipped)."""
     buffer = io.BytesIO()
-    sf.write(buffer, np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0), sample_rate, subtype="PCM_24",
+    sf.write(buffer, np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0), sample_rate, subtype=subtype,
              format="WAV")
     return buffer.getvalue()
 
@@ -599,6 +640,24 @@ def _close_tree(widget: widgets.Widget) -> None:
         if isinstance(part, widgets.Widget):
             part.close()
     widget.close()
+
+
+def display_with_fallback(widget: widgets.Widget, text: str, fallback_html: str) -> None:
+    """Display ``widget`` with static alternatives: where no widget can be drawn (GitHub, nbconvert, a notebook
+    opened without its widget state) a front end shows ``fallback_html``, or ``text``, not the widget's repr."""
+    view = {"version_major": 2, "version_minor": 0, "model_id": widget.model_id}
+    display({"application/vnd.jupyter.widget-view+json": view, "text/html": fallback_html, "text/plain": text},
+            raw=True)
+
+
+def _static_html(widget: widgets.Widget) -> str:
+    if isinstance(widget, widgets.Image):
+        return _img_html(widget.value)
+    return widget.value if isinstance(widget, widgets.HTML) else ""
+
+
+def _img_html(png: bytes) -> str:
+    return f"<img style='max-width: 100%' src='data:image/png;base64,{base64.b64encode(png).decode()}'/>"
 
 
 def _image_layout() -> widgets.Layout:

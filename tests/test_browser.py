@@ -342,3 +342,36 @@ def test_no_label_in_the_panel_is_cut(quickstart: LabSession) -> None:
         cut = panel.evaluate(_CUT_LABELS_JS)
         per_level.click()
         assert not cut, "labels cut short (scrollWidth > clientWidth):\n" + "\n".join(cut)
+
+
+_RAW_WIDGET_REPR_JS = r"""
+() => Array.from(document.querySelectorAll('.jp-OutputArea-output'))
+  .map(e => e.innerText.trim()).filter(t => /^(VBox|HBox|GridBox|interactive|Output)\(/.test(t))
+  .map(t => t.slice(0, 80))
+"""
+
+
+def test_committed_notebooks_opened_without_trust_play_their_audio_and_show_no_widget_reprs(tmp_path: Path) -> None:
+    """A fresh clone's notebooks are untrusted: JupyterLab shows their stored outputs sanitized and draws no widget.
+    Every player must still play (its WAV decodes) and every widget output must show its static fallback."""
+    require_chromium()
+    root = tmp_path / "notebooks"
+    shutil.copytree(NOTEBOOKS_DIR, root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    notebooks = sorted(path.name for path in root.glob("0*.ipynb"))
+    with running_lab(root, tmp_path) as server, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            for notebook in notebooks:
+                page.goto(server.lab_url(notebook), timeout=LAB_LOAD_TIMEOUT_MS)
+                page.locator(".jp-OutputArea-output").first.wait_for(timeout=LAB_LOAD_TIMEOUT_MS)
+                players = page.locator(".jp-OutputArea-output audio")
+                assert players.count() > 0, f"{notebook}: no audio player"
+                for i in range(players.count()):
+                    player = players.nth(i)
+                    assert player.evaluate(_AUDIO_SRC_JS).startswith(WAV_DATA_URI), f"{notebook}: player {i} is dead"
+                    page.wait_for_function(_AUDIO_LOADED_JS, arg=player.element_handle(), timeout=10_000)
+                    assert player.evaluate("a => a.error === null && a.duration > 0"), f"{notebook}: player {i}"
+                assert page.evaluate(_RAW_WIDGET_REPR_JS) == [], f"{notebook}: a widget shows as its repr"
+        finally:
+            browser.close()

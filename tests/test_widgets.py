@@ -284,12 +284,20 @@ def test_save_errors_are_shown_in_the_panel(panel, tmp_path):
     assert panel.saved.value == ""
 
 
-def test_the_panel_displays_its_root_widget(panel, monkeypatch):
+def test_the_panel_displays_its_root_widget_with_a_static_fallback(panel, monkeypatch):
     shown = []
-    monkeypatch.setattr(widgets_module, "display", shown.append)
+    monkeypatch.setattr(widgets_module, "display", lambda bundle, raw: shown.append((bundle, raw)))
     panel._ipython_display_()
-    assert shown == [panel.widget] and isinstance(panel.widget, ipywidgets.VBox)
-    assert "tiny" in panel.widget.children[0].value
+    (bundle, raw), = shown
+    assert raw and isinstance(panel.widget, ipywidgets.VBox) and "tiny" in panel.widget.children[0].value
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == panel.widget.model_id
+    # Where no widget can be drawn: a note before the first take, and the take itself after it.
+    assert "interactive panel" in bundle["text/html"] and "<audio" not in bundle["text/html"]
+    assert bundle["text/plain"] == "distill_nb generator panel"
+    take = panel.generate()
+    html = panel.static_html()
+    assert f"seed {take.seed}" in html and decoded_wav(html) == (SR, len(take.audio))
+    assert "data:image/png;base64," in html and "entropy" in html
 
 
 def test_the_smallest_box_around_generate_and_duration_holds_the_player(panel):
@@ -552,6 +560,9 @@ def test_compare_grid_renders_one_column_per_setting_with_one_seed(loaded):
     direct = generate(loaded, grid.settings[0], seed=11)
     assert torch.equal(direct.codes, grid.results[0].codes)
     assert reports == sorted(reports) and reports[-1] == 1.0
+    static = grid.static_html()  # what a front end without the widget shows
+    assert static.count("vertical-align: top") == static.count("<audio") == static.count("data:image/png") == 3
+    assert all(name in static for name in grid.labels)
 
 
 def test_compare_grid_labels_and_bad_settings(loaded):
@@ -568,3 +579,14 @@ def test_compare_grid_labels_and_bad_settings(loaded):
         CompareGrid(loaded, [])
     with pytest.raises(TypeError, match="settings_list\\[0\\]"):
         CompareGrid(loaded, [0.5])
+
+
+def test_the_player_puts_its_wav_on_the_audio_element_so_untrusted_notebooks_play_it():
+    audio = np.sin(np.arange(8000) / 10.0).astype(np.float32) * 0.5
+    html = widgets_module.Player(torch.from_numpy(audio), 8000)._repr_html_()
+    # JupyterLab's sanitizer keeps a data URI on <audio src>, and strips it from <source src>.
+    assert html.startswith('<audio controls="controls" src="data:audio/wav;base64,') and "<source" not in html
+    decoded, rate = sf.read(io.BytesIO(base64.b64decode(WAV_URI.search(html).group(1))), dtype="float32")
+    assert rate == 8000 and np.abs(decoded - audio).max() <= 1 / 2**15
+    with pytest.raises(ValueError, match="mono array"):
+        widgets_module.Player(np.zeros((2, 10)), 8000)
