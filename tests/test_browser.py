@@ -351,17 +351,17 @@ _RAW_WIDGET_REPR_JS = r"""
 """
 
 
-def test_committed_notebooks_opened_without_trust_play_their_audio_and_show_no_widget_reprs(tmp_path: Path) -> None:
+def test_committed_notebooks_opened_without_trust_play_their_audio_and_show_no_widget_reprs(
+        quickstart: LabSession, tmp_path: Path) -> None:
     """A fresh clone's notebooks are untrusted: JupyterLab shows their stored outputs sanitized and draws no widget.
-    Every player must still play (its WAV decodes) and every widget output must show its static fallback."""
-    require_chromium()
+    Every player must still play (its WAV decodes) and every widget output must show its static fallback.
+    A lab of its own on an untouched copy; the browser is the quickstart's (one Playwright per process)."""
     root = tmp_path / "notebooks"
     shutil.copytree(NOTEBOOKS_DIR, root, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     notebooks = sorted(path.name for path in root.glob("0*.ipynb"))
-    with running_lab(root, tmp_path) as server, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with running_lab(root, tmp_path) as server:
+        page = quickstart.page.context.browser.new_page(viewport={"width": 1400, "height": 1000})
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
             for notebook in notebooks:
                 page.goto(server.lab_url(notebook), timeout=LAB_LOAD_TIMEOUT_MS)
                 page.locator(".jp-OutputArea-output").first.wait_for(timeout=LAB_LOAD_TIMEOUT_MS)
@@ -374,4 +374,4 @@ def test_committed_notebooks_opened_without_trust_play_their_audio_and_show_no_w
                     assert player.evaluate("a => a.error === null && a.duration > 0"), f"{notebook}: player {i}"
                 assert page.evaluate(_RAW_WIDGET_REPR_JS) == [], f"{notebook}: a widget shows as its repr"
         finally:
-            browser.close()
+            page.close()
