@@ -83,9 +83,9 @@ def ancestors(root, target):
 
 
 def test_runs_under_the_expected_ipywidgets_major_version(record_property):
-    # The 7.7 run puts the side directory first on PYTHONPATH; without it the venv's 8.x is used.
+    # The 7.7 runs say so in EXPECTED_IPYWIDGETS_MAJOR (make test-widgets7, make test-colab); otherwise 8.x.
     major = int(ipywidgets.__version__.split(".")[0])
-    expected = 7 if "ipywidgets7" in os.environ.get("PYTHONPATH", "") else 8
+    expected = int(os.environ.get("EXPECTED_IPYWIDGETS_MAJOR", "8"))
     record_property("ipywidgets_version", ipywidgets.__version__)
     print(f"ipywidgets {ipywidgets.__version__}")
     assert major == expected, f"ipywidgets {ipywidgets.__version__} imported from {ipywidgets.__file__}"
