@@ -91,9 +91,8 @@ class LoadedVQModel:
         return self.spectrogram.chunk_samples
 
 
-def _check_consistent(spectrogram: SpectrogramConfig, vq: VQVAEConfig, prior: PriorConfig | None,
-                      counts: torch.Tensor | None) -> None:
-    """ValueError unless the parts fit together: mel bins, vocabulary, levels, tokens per column."""
+def _check_consistent(spectrogram: SpectrogramConfig, vq: VQVAEConfig, prior: PriorConfig | None) -> None:
+    """ValueError unless the configs fit together: mel bins, vocabulary, levels, tokens per column."""
     if spectrogram.n_mels != vq.n_mels:
         raise ValueError(f"spectrogram n_mels={spectrogram.n_mels} differs from the VQ-VAE's n_mels={vq.n_mels}")
     if prior is not None:
@@ -103,13 +102,18 @@ def _check_consistent(spectrogram: SpectrogramConfig, vq: VQVAEConfig, prior: Pr
             if getattr(prior, name) != value:
                 raise ValueError(f"prior {name}={getattr(prior, name)} does not fit the VQ-VAE "
                                  f"(expected {value} for {geometry.rows} rows of {vq.levels} levels)")
-    if counts is not None:
-        shape = (vq.levels, vq.codebook_size)
-        if not isinstance(counts, torch.Tensor) or counts.dtype != torch.long or tuple(counts.shape) != shape:
-            raise ValueError(f"train_code_counts must be a torch.long tensor of shape {shape}, got "
-                             f"{getattr(counts, 'dtype', type(counts).__name__)} {tuple(getattr(counts, 'shape', ()))}")
-        if counts.numel() and int(counts.min()) < 0:
-            raise ValueError("train_code_counts must be >= 0")
+
+
+def _check_counts(vq: VQVAEConfig, counts: torch.Tensor | None) -> None:
+    """ValueError unless ``counts`` is None or a non-negative long [levels, codebook_size] histogram."""
+    if counts is None:
+        return
+    shape = (vq.levels, vq.codebook_size)
+    if not isinstance(counts, torch.Tensor) or counts.dtype != torch.long or tuple(counts.shape) != shape:
+        raise ValueError(f"train_code_counts must be a torch.long tensor of shape {shape}, got "
+                         f"{getattr(counts, 'dtype', type(counts).__name__)} {tuple(getattr(counts, 'shape', ()))}")
+    if counts.numel() and int(counts.min()) < 0:
+        raise ValueError("train_code_counts must be >= 0")
 
 
 def _tensors(module: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
@@ -131,7 +135,8 @@ def save_model(loaded: LoadedVQModel, path: str | os.PathLike) -> Path:
     if not isinstance(loaded, LoadedVQModel):
         raise TypeError(f"loaded must be a LoadedVQModel, got {type(loaded).__name__}")
     path = Path(path)
-    _check_consistent(loaded.spectrogram_config, loaded.vqvae_config, loaded.prior_config, loaded.train_code_counts)
+    _check_consistent(loaded.spectrogram_config, loaded.vqvae_config, loaded.prior_config)
+    _check_counts(loaded.vqvae_config, loaded.train_code_counts)
     if not isinstance(loaded.metadata, dict):
         raise TypeError(f"metadata must be a dict, got {type(loaded.metadata).__name__}")
     try:
@@ -186,8 +191,9 @@ def read_safetensors_layout(path: Path) -> tuple[dict[str, str], dict[str, tuple
     """
     with _open_safetensors(path) as f:
         try:
-            layout = {key: (_DTYPES.get(f.get_slice(key).get_dtype(), f.get_slice(key).get_dtype()),
-                            tuple(f.get_slice(key).get_shape())) for key in f.keys()}
+            slices = {key: f.get_slice(key) for key in f.keys()}
+            layout = {key: (_DTYPES.get(part.get_dtype(), part.get_dtype()), tuple(part.get_shape()))
+                      for key, part in slices.items()}
         except (safetensors.SafetensorError, ValueError, RuntimeError) as error:
             raise ModelFileError(f"{path}: not a valid safetensors file ({error})") from error
         return f.metadata() or {}, layout
@@ -304,7 +310,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
     if not isinstance(user_metadata, dict):
         raise ModelFileError(f"{path}: metadata must be a JSON object, got {type(user_metadata).__name__}")
     try:
-        _check_consistent(spectrogram_config, vqvae_config, prior_config, None)
+        _check_consistent(spectrogram_config, vqvae_config, prior_config)
     except ValueError as error:
         raise ModelFileError(f"{path}: {error}") from error
     expected = expected_layout(vqvae_config, prior_config)
@@ -325,8 +331,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L
         prior.load_state_dict({key.removeprefix("prior."): value for key, value in tensors.items()
                                if key.startswith("prior.")})
     counts = tensors.get(_COUNTS_KEY)
-    if counts is not None and counts.numel() and int(counts.min()) < 0:
-        raise ModelFileError(f"{path}: {_COUNTS_KEY} must be >= 0")
+    try:
+        _check_counts(vqvae_config, counts)
+    except ValueError as error:
+        raise ModelFileError(f"{path}: {error}") from error
 
     model.to(device).eval()
     if prior is not None:

@@ -333,6 +333,7 @@ def train_prior(vqvae: ConvVQVAE, corpus: Corpus, config: PriorConfig | None = N
     Arguments as in ``train_vqvae``; ``config`` None = ``default_prior_config``.
     """
     opts = StageOptions(**options)
+    check_corpus_duration(corpus)
     chosen = preset(opts.preset_name)
     ctx = distributed_context(opts.device)
     spectrogram = spectrogram_for(corpus, spectrogram)

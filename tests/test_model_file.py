@@ -258,6 +258,7 @@ def put(key, value):
     (None, put("vqvae.extra", torch.zeros(1)), "unexpected tensors.*vqvae.extra"),
     (drop("prior_config"), None, r"unexpected tensors.*'prior\."),
     (None, put("stats.train_code_counts", torch.zeros(3, 16)), "train_code_counts"),
+    (None, put("stats.train_code_counts", -torch.ones(3, 16, dtype=torch.long)), "train_code_counts must be >= 0"),
     # A prior over codes of one level cannot read the VQ-VAE's three (the tensors would still fit).
     (put("prior_config", json.dumps({**TINY_PRIOR.to_dict(), "levels": 1})), None, "prior levels=1"),
 ], ids=lambda v: "" if callable(v) or v is None else v[:40])
